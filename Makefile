@@ -1,0 +1,54 @@
+# Two commands for a fresh machine:
+#   make book   create .venv, install, execute every chapter (quick profile), HTML in _build/html
+#   make test   create .venv, install, unit tests, nbval over every chapter, HTML build with -W
+# Everything installs through constraints.txt (exact pins: torch==2.13.0 and the rest).
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+CHAPTERS := $(sort $(wildcard book/*.ipynb))
+
+# The book and its checks run the quick profile without progress bars (they would land
+# in the stored outputs); your own runs get bars and the profile your hardware suggests.
+BOOK_ENV := COMPANION_PROFILE=quick COMPANION_PROGRESS=0
+
+.PHONY: book test unit nbval html bench constraints clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	touch $@
+
+book: $(STAMP)
+	$(BOOK_ENV) $(BIN)/jupyter-book build . -W --keep-going
+	@echo "The book is in _build/html/index.html"
+
+test: unit nbval html
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+# Executes each chapter once and compares the cells marked NBVAL_CHECK_OUTPUT.
+nbval: $(STAMP)
+	$(BOOK_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(CHAPTERS)
+
+# Builds the HTML from the stored outputs nbval has just checked (no second execution).
+html: $(STAMP)
+	@mkdir -p _build
+	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/_config.stored.yml', 'w'))"
+	$(BIN)/jupyter-book build . -W --keep-going --config _build/_config.stored.yml
+
+bench: $(STAMP)
+	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
+
+# Re-pin after changing dependencies: installs the lower bounds' newest versions, freezes.
+constraints:
+	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
+	.venv-pin/bin/python -m pip install --quiet torch==2.13.0 -e ".[book,test]"
+	{ head -2 constraints.txt; .venv-pin/bin/python -m pip freeze | grep -v -e '^-e' -e '^companion' | sed 's/+cpu//'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-pin
+
+clean:
+	rm -rf _build $(VENV)

@@ -1,0 +1,201 @@
+"""Quick and full settings for every chapter, the device choice, and seeding.
+
+Two profiles share one code path:
+
+* ``quick`` (default without CUDA): the embedded offline digits, small models, every
+  chapter within a few minutes on 2 CPU cores. CI and the rendered book use it.
+* ``full`` (default with CUDA): MNIST / Fashion-MNIST at the papers' scale.
+
+``COMPANION_PROFILE=quick|full`` overrides the default. Chapters read every number they
+use from :func:`active_profile`, never from literals of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataSettings",
+    "LatentModelsSettings",
+    "VAESettings",
+    "Profile",
+    "QUICK",
+    "FULL",
+    "PROFILES",
+    "active_profile",
+    "get_profile",
+    "default_device",
+    "seed_everything",
+]
+
+PROFILE_ENV = "COMPANION_PROFILE"
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which image data set a profile trains on.
+
+    Attributes:
+        name: a name :func:`companion.data.load_images` knows (``digits``, ``mnist``,
+            ``fashion_mnist``).
+        image_size: side length in pixels the images are resized to (square, 1 channel).
+        binarize: train on Bernoulli-resampled pixels (dynamic binarisation) and
+            evaluate on one fixed binarisation, so likelihoods are of binary images.
+    """
+
+    name: str
+    image_size: int
+    binarize: bool = True
+
+
+@dataclass(frozen=True)
+class LatentModelsSettings:
+    """Chapter 1: estimating ln p(x) of a linear-Gaussian model.
+
+    Attributes:
+        x_dim: observed dimensionality of the synthetic linear-Gaussian model.
+        z_dim: latent dimensionality.
+        noise_std: observation noise standard deviation σ.
+        sample_counts: numbers of Monte Carlo samples k at which estimators are compared.
+        n_repeats: independent estimates per k (errors are averaged over them).
+        n_points: data points drawn for the maximum-likelihood fit.
+        mle_steps: gradient steps of the maximum-likelihood fit.
+        ppca_z_dim: latent dimensionality of the PPCA model fitted to the digits.
+    """
+
+    x_dim: int = 20
+    z_dim: int = 4
+    noise_std: float = 0.5
+    sample_counts: tuple[int, ...] = (1, 10, 100, 1_000, 10_000)
+    n_repeats: int = 50
+    n_points: int = 2_000
+    mle_steps: int = 1_500
+    ppca_z_dim: int = 16
+
+
+@dataclass(frozen=True)
+class VAESettings:
+    """Chapter 2: the convolutional VAE and its evaluation.
+
+    Attributes:
+        z_dim: latent dimensionality.
+        channels: output channels of the stride-2 convolutions of the encoder (the
+            decoder mirrors them); the authors' MNIST model uses (32, 64, 96, 128).
+        epochs: maximum training epochs (early stopping may end sooner).
+        batch_size: training batch size.
+        lr: Adam learning rate.
+        patience: epochs without validation improvement before stopping.
+        iwae_ks: importance-sample counts k for the IWAE bound against k.
+        nll_k: importance samples of the reported test NLL (the literature uses 1000
+            or 5000).
+        n_test: test images the IWAE curves are computed on (``None``: all).
+        local_steps: Adam steps of per-example variational optimisation used to
+            measure the amortisation gap.
+        n_local: test images the amortisation gap is measured on.
+    """
+
+    z_dim: int = 16
+    channels: tuple[int, ...] = (32, 64)
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 2e-3
+    patience: int = 10
+    iwae_ks: tuple[int, ...] = (1, 10, 100, 1_000)
+    nll_k: int = 1_000
+    n_test: int | None = None
+    local_steps: int = 300
+    n_local: int = 100
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All settings of one profile.
+
+    Attributes:
+        name: ``quick`` or ``full``.
+        seed: the seed every chapter starts from.
+        data: the image data set.
+        latent_models: chapter 1 settings.
+        vae: chapter 2 settings.
+    """
+
+    name: str
+    seed: int
+    data: DataSettings
+    latent_models: LatentModelsSettings
+    vae: VAESettings
+
+
+QUICK = Profile(
+    name="quick",
+    seed=0,
+    data=DataSettings(name="digits", image_size=16),
+    latent_models=LatentModelsSettings(),
+    vae=VAESettings(),
+)
+
+FULL = Profile(
+    name="full",
+    seed=0,
+    data=DataSettings(name="mnist", image_size=28),
+    latent_models=LatentModelsSettings(n_repeats=200, sample_counts=(1, 10, 100, 1_000, 10_000, 100_000)),
+    vae=VAESettings(
+        z_dim=64,
+        channels=(32, 64, 96, 128),
+        epochs=200,
+        batch_size=128,
+        lr=1e-3,
+        patience=15,
+        iwae_ks=(1, 10, 100, 1_000, 5_000),
+        nll_k=1_000,
+        local_steps=500,
+        n_local=200,
+    ),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, FULL)}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the profile called ``name`` (``quick`` or ``full``).
+
+    Raises:
+        ValueError: for any other name.
+    """
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {sorted(PROFILES)} "
+            f"(set {PROFILE_ENV} or pass the name)"
+        ) from None
+
+
+def active_profile() -> Profile:
+    """The profile named by ``$COMPANION_PROFILE``, else ``full`` with CUDA, else ``quick``."""
+    name = os.environ.get(PROFILE_ENV, "").strip().lower()
+    if name:
+        return get_profile(name)
+    return FULL if torch.cuda.is_available() else QUICK
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU (MPS is skipped: some ops used here lack it)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) and return a torch generator seeded alike.
+
+    Quick-profile results are reproducible on the same machine from this seed; CUDA
+    kernels may still be non-deterministic across runs.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

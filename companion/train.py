@@ -1,0 +1,224 @@
+"""Training with early stopping, and checkpoints as safetensors ``state_dict`` files.
+
+Checkpoints hold tensors only (no pickled objects), so loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from companion.data import binarize, check_images
+from companion.objectives import elbo
+from companion.progress import progress_bar
+
+__all__ = ["TrainConfig", "History", "train_vae", "evaluate_elbo", "save_checkpoint", "load_checkpoint"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train_vae`.
+
+    Attributes:
+        epochs: maximum number of passes over the training images.
+        batch_size: images per gradient step.
+        lr: Adam learning rate.
+        patience: stop after this many epochs without a better validation loss (the
+            best weights are restored at the end).
+        beta: KL weight of the objective (1 is the ELBO).
+        binarize: train on fresh Bernoulli draws of the pixels each step (dynamic
+            binarisation) and validate on one fixed draw.
+        seed: seed of the data order, the binarisation and the reparameterisation noise.
+        progress: show a progress bar (None: see :mod:`companion.progress`).
+    """
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    patience: int = 10
+    beta: float = 1.0
+    binarize: bool = True
+    seed: int = 0
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or not self.lr > 0:
+            raise ValueError(f"invalid TrainConfig {self}: epochs, batch_size, patience >= 1 and lr > 0")
+
+
+@dataclass
+class History:
+    """What happened during training; losses are mean −ELBO per image in nats.
+
+    Attributes:
+        train_loss: per epoch, averaged over the epoch's batches.
+        valid_loss: per epoch, on the (fixed) validation images.
+        best_epoch: index of the epoch whose weights were kept.
+        seconds: wall-clock training time.
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    seconds: float = 0.0
+
+    @property
+    def stopped_early(self) -> bool:
+        return len(self.valid_loss) > 0 and self.best_epoch < len(self.valid_loss) - 1
+
+
+@torch.no_grad()
+def evaluate_elbo(*, model: nn.Module, images: torch.Tensor, beta: float = 1.0, batch_size: int = 500) -> torch.Tensor:
+    """Per-image ELBO (one reparameterised sample) over a data set: (N,) nats on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = [
+            elbo(model=model, x=images[i : i + batch_size].to(device), beta=beta).elbo.cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def train_vae(
+    *,
+    model: nn.Module,
+    train_images: torch.Tensor,
+    valid_images: torch.Tensor,
+    config: TrainConfig,
+) -> History:
+    """Fit a VAE by maximising the (β-)ELBO with Adam, with early stopping on validation.
+
+    Args:
+        model: a model with ``encode``/``decode``/``prior`` (e.g. :class:`~companion.models.ConvVAE`),
+            on the device training should run on.
+        train_images: (N, 1, H, W) in [0, 1], on any device.
+        valid_images: (M, 1, H, W) in [0, 1].
+        config: :class:`TrainConfig`.
+
+    Returns:
+        The :class:`History`; ``model`` holds the weights of the best validation epoch.
+    """
+    shape = tuple(getattr(model, "image_shape", train_images.shape[1:]))
+    check_images(train_images, shape=shape)
+    check_images(valid_images, shape=shape)
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # reparameterisation noise uses the global generator
+    valid = (binarize(valid_images, generator=gen) if config.binarize else valid_images).to(device)
+    train_images = train_images.to(device)
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    history = History()
+    best_state, best_loss, waited = None, math.inf, 0
+    start = time.perf_counter()
+    bar = progress_bar(range(config.epochs), desc="training", enabled=config.progress)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(train_images), generator=gen).to(device)
+        total = torch.zeros((), device=device)
+        n_batches = 0
+        for i in range(0, len(order), config.batch_size):
+            x = train_images[order[i : i + config.batch_size]]
+            if config.binarize:
+                x = torch.bernoulli(x)
+            loss = -elbo(model=model, x=x, beta=config.beta).elbo.mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.detach()
+            n_batches += 1
+        history.train_loss.append(float(total) / n_batches)
+        history.valid_loss.append(float(-evaluate_elbo(model=model, images=valid, beta=config.beta).mean()))
+        bar.set_postfix(train=f"{history.train_loss[-1]:.2f}", valid=f"{history.valid_loss[-1]:.2f}")
+        if not math.isfinite(history.train_loss[-1]):
+            raise FloatingPointError(
+                f"training loss became {history.train_loss[-1]} at epoch {epoch}; lower the learning rate"
+            )
+        if history.valid_loss[-1] < best_loss:
+            best_loss, best_state, waited = history.valid_loss[-1], copy.deepcopy(model.state_dict()), 0
+            history.best_epoch = epoch
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None = None) -> Path:
+    """Write ``model.state_dict()`` to a safetensors file, atomically.
+
+    Args:
+        model: any module.
+        path: destination (parent directories are created).
+        metadata: JSON-serialisable details stored in the file's header (for instance
+            the config and the metrics it should reproduce).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    header = {"companion": json.dumps(metadata or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
+    """Load a safetensors ``state_dict`` into ``model`` (strictly) and return its metadata.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a readable safetensors file, or its tensors do not
+            fit ``model`` (missing / unexpected keys or shapes are named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}; train the model first (companion.train.train_vae) "
+            "and save it with companion.train.save_checkpoint"
+        )
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid safetensors checkpoint ({err}); delete it and retrain") from err
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}; build the model with the "
+            "config it was trained with"
+        )
+    model.load_state_dict(tensors)
+    try:
+        return json.loads(meta.get("companion", "{}"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} has unreadable metadata ({err})") from err
