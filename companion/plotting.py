@@ -23,6 +23,8 @@ def image_grid(images: torch.Tensor, *, ncol: int = 10, pad: int = 1, pad_value:
     Returns:
         (rows·(H+pad)−pad, ncol·(W+pad)−pad) float array, ready for ``imshow``.
     """
+    if ncol < 1 or pad < 0:
+        raise ValueError(f"ncol must be >= 1 and pad >= 0, got ncol={ncol}, pad={pad}")
     x = images.detach().cpu().float()
     if x.dim() == 4:
         if x.shape[1] != 1:

@@ -108,8 +108,8 @@ class VAESettings:
     iwae_ks: tuple[int, ...] = (1, 10, 100, 1_000)
     nll_k: int = 1_000
     n_test: int | None = None
-    local_steps: int = 300
-    n_local: int = 100
+    local_steps: int = 200
+    n_local: int = 64
 
 
 @dataclass(frozen=True)

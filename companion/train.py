@@ -138,6 +138,10 @@ def train_vae(
             if config.binarize:
                 x = torch.bernoulli(x)
             loss = -elbo(model=model, x=x, beta=config.beta).elbo.mean()
+            if not torch.isfinite(loss):  # one sync per step: cheap next to the step itself
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate"
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -146,9 +150,9 @@ def train_vae(
         history.train_loss.append(float(total) / n_batches)
         history.valid_loss.append(float(-evaluate_elbo(model=model, images=valid, beta=config.beta).mean()))
         bar.set_postfix(train=f"{history.train_loss[-1]:.2f}", valid=f"{history.valid_loss[-1]:.2f}")
-        if not math.isfinite(history.train_loss[-1]):
+        if not math.isfinite(history.valid_loss[-1]):
             raise FloatingPointError(
-                f"training loss became {history.train_loss[-1]} at epoch {epoch}; lower the learning rate"
+                f"validation loss became {history.valid_loss[-1]} at epoch {epoch}; lower the learning rate"
             )
         if history.valid_loss[-1] < best_loss:
             best_loss, best_state, waited = history.valid_loss[-1], copy.deepcopy(model.state_dict()), 0
@@ -180,11 +184,19 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give it ordinary modes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _umask() -> int:
+    """The process's file-creation mask (reading it requires setting it; restored at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict:

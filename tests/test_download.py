@@ -3,77 +3,30 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import socket
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from companion.download import fetch_verified, sha256_file
 
+if TYPE_CHECKING:
+    from conftest import LoopbackServer
+
 PAYLOAD = b"companion test payload\n" * 1000
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-@dataclass
-class LoopbackServer:
-    """A static file server on 127.0.0.1 that records the paths it was asked for.
-
-    ``/truncated/...`` announces 1000 bytes and sends 10, to imitate a dropped connection.
-    """
-
-    root: Path
-    base_url: str
-    requests: list[str] = field(default_factory=list)
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}/{path}"
+@pytest.fixture
+def server(loopback_server: LoopbackServer) -> LoopbackServer:
+    """The shared loopback server (see conftest.py), under the short name these tests use."""
+    return loopback_server
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LoopbackServer]:
-    root = tmp_path / "served"
-    root.mkdir()
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            if self.path.startswith("/truncated/"):
-                self.send_response(200)
-                self.send_header("Content-Length", "1000")
-                self.end_headers()
-                self.wfile.write(b"x" * 10)
-                return
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        port = httpd.server_address[1]
-        yield LoopbackServer(root=root, base_url=f"http://127.0.0.1:{port}", requests=requests)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def refused_url() -> Iterator[str]:
+def refused_url(refused_base_url: str) -> str:
     """A URL on 127.0.0.1 whose port is bound but not listening, so connections are refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/payload.bin"
+    return refused_base_url + "payload.bin"
 
 
 @pytest.fixture

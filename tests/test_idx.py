@@ -12,22 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from companion.idx import parse_idx
-
-_TYPE_CODES = {
-    np.dtype(np.uint8): 0x08,
-    np.dtype(np.int8): 0x09,
-    np.dtype(np.int16): 0x0B,
-    np.dtype(np.int32): 0x0C,
-    np.dtype(np.float32): 0x0D,
-    np.dtype(np.float64): 0x0E,
-}
-
-
-def write_idx(array: np.ndarray) -> bytes:
-    """Encode ``array`` as IDX bytes, independently of the parser under test."""
-    header = bytes([0, 0, _TYPE_CODES[array.dtype], array.ndim])
-    dims = struct.pack(f">{array.ndim}I", *array.shape)
-    return header + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
+from idx_writer import IDX_TYPE_CODES, write_idx
 
 
 @settings(max_examples=60, deadline=None)
@@ -44,7 +29,7 @@ def test_uint8_and_float32_arrays_of_one_to_three_dims_round_trip(array: np.ndar
     np.testing.assert_array_equal(decoded, array)
 
 
-@pytest.mark.parametrize("dtype", list(_TYPE_CODES), ids=lambda d: d.name)
+@pytest.mark.parametrize("dtype", list(IDX_TYPE_CODES), ids=lambda d: d.name)
 def test_every_element_type_round_trips_with_big_endian_payload(dtype: np.dtype) -> None:
     info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
     array = np.array([[info.min, 0, 1], [info.max, 2, 3]], dtype=dtype)

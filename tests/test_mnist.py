@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import http.server
-import struct
-import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from companion import mnist
 from companion.mnist import default_data_dir, load_mnist_like
+from idx_writer import write_idx_gz
+
+if TYPE_CHECKING:
+    from conftest import LoopbackServer
 
 N_EXAMPLES = {"train": 6, "test": 4}
 
 
-def write_idx_gz(array: np.ndarray) -> bytes:
-    """Encode a uint8 array as gzip-compressed IDX bytes, as the real files are."""
-    assert array.dtype == np.uint8
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return gzip.compress(header + array.tobytes())
-
-
 @pytest.fixture
-def server_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """Serve ``tmp_path / "served"`` over HTTP on 127.0.0.1; yields (directory, base URL)."""
-    root = tmp_path / "served"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+def server_root(loopback_server: LoopbackServer) -> tuple[Path, str]:
+    """The loopback server's served directory and base URL."""
+    return loopback_server.root, loopback_server.base_url
 
 
 @pytest.fixture

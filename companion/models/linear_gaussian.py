@@ -16,7 +16,7 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 __all__ = ["LinearGaussian", "DiagonalLinearEncoder", "fit_ppca"]
 
@@ -98,6 +98,24 @@ class LinearGaussian(nn.Module):
         cov = var * torch.linalg.inv(m)
         return MultivariateNormal(mean, covariance_matrix=cov.expand(*mean.shape[:-1], -1, -1))
 
+    def kl_from_posterior(self, q: Distribution, x: torch.Tensor) -> torch.Tensor:
+        """Exact KL[q(z) ‖ p(z | x)] for a Gaussian q with batch shape (B,): (B,) nats.
+
+        This is the ELBO's gap: ln p(x) − ELBO(q) = KL[q ‖ p(z | x)]. ``q`` may be a
+        diagonal ``Independent(Normal)`` or a ``MultivariateNormal``.
+        """
+        return kl_divergence(_as_multivariate(q), self.posterior(x))
+
+    def mean_field_gap(self) -> torch.Tensor:
+        """min over diagonal Gaussians q of KL[q ‖ p(z | x)], the same for every x (nats).
+
+        The posterior precision is Λ = M / σ²; the best diagonal q matches the posterior
+        mean with variances 1/Λ_ii, leaving ½ Σ_i ln Λ_ii − ½ ln det Λ.
+        """
+        eye = torch.eye(self.z_dim, dtype=self.weight.dtype, device=self.weight.device)
+        precision = (self.weight.T @ self.weight) / self.noise_std**2 + eye
+        return 0.5 * (precision.diagonal().log().sum() - torch.logdet(precision))
+
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Ancestral sampling: returns (x (n, D), z (n, d))."""
         with torch.no_grad():
@@ -124,6 +142,15 @@ class DiagonalLinearEncoder(nn.Module):
         """q(z | x) for x (B, D): batch shape (B,), event shape (d,)."""
         mean = self.mean(x)
         return Independent(Normal(mean, self.log_std.exp().expand_as(mean)), 1)
+
+
+def _as_multivariate(q: Distribution) -> MultivariateNormal:
+    """A diagonal ``Independent(Normal)`` as the equal ``MultivariateNormal``."""
+    if isinstance(q, MultivariateNormal):
+        return q
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        return MultivariateNormal(q.mean, scale_tril=torch.diag_embed(q.stddev))
+    raise ValueError(f"expected a Gaussian (Independent Normal or MultivariateNormal), got {type(q).__name__}")
 
 
 def fit_ppca(x: torch.Tensor, *, z_dim: int) -> LinearGaussian:

@@ -42,7 +42,7 @@ class VAEConfig:
         if 2 ** (len(self.channels) - 1) >= self.image_size:
             raise ValueError(
                 f"{len(self.channels)} stride-2 convolutions are too many for {self.image_size}×"
-                f"{self.image_size} images; use at most {self.image_size.bit_length() - 1}"
+                f"{self.image_size} images; use at most {(self.image_size - 1).bit_length()}"
             )
 
 

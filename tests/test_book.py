@@ -1,0 +1,83 @@
+"""The book's structure and hygiene: what a reader, Colab and CI rely on."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+CHAPTERS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def _toc_files() -> list[str]:
+    files = [TOC["root"]]
+    for part in TOC.get("parts", []):
+        files += [entry["file"] for entry in part["chapters"]]
+    return files
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _code(nb: dict) -> list[str]:
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_every_toc_entry_exists_and_every_chapter_is_listed() -> None:
+    listed = _toc_files()
+    for entry in listed:
+        assert any((ROOT / f"{entry}{ext}").is_file() for ext in (".md", ".ipynb")), entry
+    for chapter in CHAPTERS:
+        assert str(chapter.relative_to(ROOT).with_suffix("")) in listed, chapter.name
+
+
+def test_repository_url_is_set_once_and_matches_the_package_metadata() -> None:
+    url = CONFIG["repository"]["url"]
+    assert CONFIG["repository"]["branch"] == "main"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["urls"]["Repository"] == url
+
+
+def test_config_fails_the_build_on_execution_errors() -> None:
+    execute = CONFIG["execute"]
+    assert execute["raise_on_error"] is True and execute["allow_errors"] is False
+    assert 0 < execute["timeout"] <= 1200
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_starts_with_a_colab_setup_cell_that_installs_from_the_repository(chapter: Path) -> None:
+    setup = _code(_load(chapter))[0]
+    assert 'find_spec("companion") is None' in setup
+    assert f"git+{CONFIG['repository']['url']}@{CONFIG['repository']['branch']}" in setup
+    assert not re.search(r"\btorch\b", setup), "the set-up cell must never touch torch"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_ends_with_check_cells_and_has_clean_stored_outputs(chapter: Path) -> None:
+    nb = _load(chapter)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    code = _code(nb)
+    assert "assert" in code[-1] and "all checks passed" in code[-1], "the last cell must assert the claims"
+    assert any("NBVAL_CHECK_OUTPUT" in c for c in code), "mark deterministic numbers for nbval"
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert outputs, "execute the chapter before committing it"
+    for output in outputs:
+        assert output["output_type"] != "error"
+        text = json.dumps(output)
+        assert not re.search(r"/(work|root|tmp|home|Users)/[A-Za-z0-9_.-]+/", text), "machine-specific path"
+        assert "Warning" not in json.dumps(output.get("text", "")), "a warning landed in the stored outputs"
+    assert chapter.stat().st_size < 3_000_000
+
+
+def test_readme_shows_the_two_commands_and_ci_calls_the_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

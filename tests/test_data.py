@@ -1,0 +1,177 @@
+"""Tests for companion.data: the fixed digits splits, resizing, validation, binarisation,
+and the offline failure of MNIST."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from companion import mnist
+from companion.data import SPLITS, binarize, check_images, load_images
+
+N_DIGITS = 1797
+SPLIT_SIZES = {"train": 1347, "valid": 150, "test": 300}
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Native-size digits, split -> (images, labels)."""
+    return {s: tuple(load_images(name="digits", split=s)) for s in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def full_digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits as scikit-learn ships them, scaled to [0, 1]: (N, 64) rows and labels."""
+    bunch = load_digits()
+    return (bunch.images / 16.0).astype(np.float32).reshape(N_DIGITS, -1), bunch.target
+
+
+def _row_index(full_rows: np.ndarray) -> dict[bytes, int]:
+    index = {row.tobytes(): i for i, row in enumerate(full_rows)}
+    assert len(index) == N_DIGITS  # every digit image is distinct, so rows identify examples
+    return index
+
+
+def test_digits_splits_are_disjoint_cover_all_1797_images_and_keep_their_labels(digits, full_digits) -> None:
+    full_rows, full_labels = full_digits
+    index = _row_index(full_rows)
+    seen: list[int] = []
+    for split in SPLITS:
+        images, labels = digits[split]
+        assert len(images) == len(labels) == SPLIT_SIZES[split]
+        rows = images.reshape(len(images), -1).numpy()
+        ids = [index[row.tobytes()] for row in rows]
+        np.testing.assert_array_equal(full_labels[ids], labels.numpy())
+        seen += ids
+    assert sorted(seen) == list(range(N_DIGITS))
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_digits_splits_are_stratified_with_every_class_in_proportion(digits, full_digits, split: str) -> None:
+    _, full_labels = full_digits
+    counts = np.bincount(digits[split][1].numpy(), minlength=10)
+    expected = SPLIT_SIZES[split] * np.bincount(full_labels, minlength=10) / N_DIGITS
+    assert (counts > 0).all()
+    assert np.abs(counts - expected).max() <= 1.5
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_digits_splits_are_identical_on_every_call(digits, split: str) -> None:
+    again = load_images(name="digits", split=split)
+    assert torch.equal(again.images, digits[split][0])
+    assert torch.equal(again.labels, digits[split][1])
+
+
+@pytest.mark.parametrize("image_size", [None, 8, 16, 28])
+def test_images_have_the_requested_square_size_float32_in_unit_range(image_size: int | None) -> None:
+    data = load_images(name="digits", split="valid", image_size=image_size)
+    side = 8 if image_size is None else image_size
+    assert data.images.shape == (150, 1, side, side)
+    assert data.images.dtype == torch.float32 and data.images.is_contiguous()
+    assert data.labels.shape == (150,) and data.labels.dtype == torch.int64
+    assert data.images.min() >= 0 and data.images.max() <= 1
+    assert set(data.labels.tolist()) == set(range(10))
+
+
+def test_native_digits_keep_their_17_grey_levels(digits) -> None:
+    levels = digits["train"][0] * 16
+    assert torch.equal(levels, levels.round())
+    assert digits["train"][0].max() == 1 and digits["train"][0].min() == 0
+
+
+def test_upsampled_digits_preserve_each_image_mean_brightness(digits) -> None:
+    big = load_images(name="digits", split="test", image_size=16).images
+    small = digits["test"][0]
+    np.testing.assert_allclose(big.mean((1, 2, 3)), small.mean((1, 2, 3)), atol=0.02)
+
+
+def test_unknown_dataset_is_rejected_naming_the_offline_digits() -> None:
+    with pytest.raises(ValueError, match=r"'cifar10'.*'digits'.*offline"):
+        load_images(name="cifar10", split="train")
+
+
+def test_unknown_split_is_rejected_listing_the_splits() -> None:
+    with pytest.raises(ValueError, match=r"'validation'.*'train', 'valid', 'test'"):
+        load_images(name="digits", split="validation")
+
+
+@pytest.mark.parametrize("image_size", [0, 1, -8, 2.5, "16"])
+def test_image_size_that_is_not_an_integer_of_at_least_two_is_rejected(image_size) -> None:
+    with pytest.raises(ValueError, match="image_size must be an integer >= 2"):
+        load_images(name="digits", split="train", image_size=image_size)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [torch.full((2, 1, 4, 4), 1.5), torch.full((2, 1, 4, 4), -0.1), torch.full((2, 1, 4, 4), math.nan),
+     torch.full((2, 1, 4, 4), math.inf), torch.full((2, 1, 4, 4), 255.0)],
+    ids=["above-one", "negative", "nan", "inf", "eight-bit"],
+)
+def test_check_images_rejects_values_outside_the_unit_interval(images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        check_images(images)
+
+
+@pytest.mark.parametrize(
+    "images", [torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 8), torch.zeros(2, 3, 16, 16), torch.zeros(1, 2, 1, 16, 16)],
+    ids=["wrong-size", "no-channel-axis", "three-channels", "extra-axis"],
+)
+def test_check_images_rejects_a_wrong_shape_and_says_how_to_fix_it(images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"expected \(N, 1, 16, 16\).*image_size"):
+        check_images(images, shape=(1, 16, 16))
+
+
+def test_check_images_rejects_non_tensors() -> None:
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        check_images(np.zeros((1, 1, 2, 2)))
+
+
+def test_check_images_accepts_valid_and_empty_batches() -> None:
+    check_images(torch.tensor([0.0, 0.5, 1.0]).reshape(1, 1, 1, 3), shape=(1, 1, 3))
+    check_images(torch.empty(0, 1, 2, 2), shape=(1, 2, 2))
+
+
+def test_binarize_gives_zeros_and_ones_with_the_pixel_probabilities_as_mean() -> None:
+    n = 100_000
+    p = torch.tensor([0.0, 0.3, 0.9, 1.0])
+    images = p.repeat(n // 4).reshape(-1, 1, 10, 10)
+    out = binarize(images, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert bool(((out == 0) | (out == 1)).all())
+    means = out.reshape(-1, 4).mean(0)
+    # per-probability standard error sqrt(p(1-p)/(n/4)) <= 0.0032; allow 5 of them
+    torch.testing.assert_close(means, p, atol=0.016, rtol=0)
+    assert means[0] == 0 and means[3] == 1  # certain pixels are never flipped
+
+
+def test_binarize_is_reproducible_with_a_generator() -> None:
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    a = binarize(images, generator=torch.Generator().manual_seed(5))
+    b = binarize(images, generator=torch.Generator().manual_seed(5))
+    c = binarize(images, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_binarize_rejects_images_outside_the_unit_interval() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        binarize(torch.full((1, 1, 2, 2), 2.0))
+
+
+def test_mnist_offline_raises_connection_error_pointing_to_digits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, refused_base_url: str
+) -> None:
+    monkeypatch.setattr(mnist, "BASE_URLS", {name: (refused_base_url,) for name in mnist.NAMES})
+    monkeypatch.setenv("COMPANION_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COMPANION_PROGRESS", "0")
+
+    with pytest.raises(ConnectionError, match="digits") as info:
+        load_images(name="mnist", split="valid", image_size=16)
+
+    assert refused_base_url in str(info.value)
+    assert list((tmp_path / "cache" / "mnist").iterdir()) == []  # no partial download left behind

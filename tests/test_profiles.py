@@ -1,0 +1,84 @@
+"""Tests for companion.profiles: choosing the profile, its immutability, and seeding."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from companion import profiles
+from companion.profiles import FULL, PROFILE_ENV, QUICK, active_profile, get_profile, seed_everything
+
+
+@pytest.mark.parametrize(("value", "expected"), [("quick", QUICK), ("full", FULL), (" FULL ", FULL)])
+@pytest.mark.parametrize("cuda", [True, False])
+def test_environment_variable_overrides_the_cuda_based_default(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: profiles.Profile, cuda: bool
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setenv(PROFILE_ENV, value)
+    assert active_profile() is expected
+
+
+def test_unknown_profile_name_in_the_environment_raises_value_error_naming_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PROFILE_ENV, "medium")
+    with pytest.raises(ValueError, match=r"'medium'.*\['full', 'quick'\]"):
+        active_profile()
+
+
+def test_get_profile_rejects_an_unknown_name_and_names_the_environment_variable() -> None:
+    with pytest.raises(ValueError, match=PROFILE_ENV):
+        get_profile("fast")
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(False, QUICK), (True, FULL)])
+def test_default_without_the_variable_is_quick_on_cpu_and_full_with_cuda(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, expected: profiles.Profile
+) -> None:
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert active_profile() is expected
+
+
+def test_empty_variable_falls_back_to_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PROFILE_ENV, "  ")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert active_profile() is QUICK
+
+
+def test_profiles_are_registered_under_their_own_names() -> None:
+    assert {name: p.name for name, p in profiles.PROFILES.items()} == {"quick": "quick", "full": "full"}
+    assert QUICK.data.name == "digits"  # the quick profile needs no download
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [(QUICK, "seed"), (QUICK.data, "image_size"), (FULL.vae, "z_dim"), (FULL.latent_models, "x_dim")],
+)
+def test_profiles_and_their_settings_are_frozen_dataclasses(obj: object, field: str) -> None:
+    assert dataclasses.is_dataclass(obj)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(obj, field, 1)
+
+
+def _draws(generator: torch.Generator) -> tuple:
+    return (
+        random.random(),
+        np.random.rand(3).tolist(),
+        torch.rand(3).tolist(),
+        torch.rand(3, generator=generator).tolist(),
+    )
+
+
+def test_seed_everything_makes_python_numpy_torch_and_the_returned_generator_repeat() -> None:
+    first = _draws(seed_everything(123))
+    second = _draws(seed_everything(123))
+    other = _draws(seed_everything(124))
+    assert first == second
+    for a, b in zip(first, other):
+        assert a != b
