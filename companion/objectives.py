@@ -9,8 +9,8 @@
   negative log-likelihood estimate reported in the literature (k = 1000 or 5000).
 
 All functions are batched over data points and importance samples: samples form a
-(k, B, ...) tensor processed in chunks of ``chunk`` samples, with no Python loop over
-examples.
+(k, B, ...) tensor evaluated about a hundred (CPU) or thousands (GPU) of model
+evaluations per pass, with no Python loop over examples.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "LatentVariableModel",
     "ELBOTerms",
     "elbo",
+    "default_evals_per_pass",
     "log_importance_weights",
     "importance_log_marginal",
     "iwae_from_weights",
@@ -95,13 +96,24 @@ def elbo(
     return ELBOTerms(elbo=log_lik - beta * kl, log_likelihood=log_lik, kl=kl)
 
 
+def default_evals_per_pass(device: torch.device) -> int:
+    """Model evaluations per pass of the importance-sampling loops.
+
+    Measured on 2 CPU cores (``benchmarks/bench_iwae.py``): the 16×16 conv decoder of
+    chapter 2 is fastest at 32–128 evaluations per call, about 3× slower at 512 and 6×
+    slower in one pass of 64 000 (its activations no longer fit in cache). GPUs want
+    large passes.
+    """
+    return 16_384 if device.type == "cuda" else 128
+
+
 def log_importance_weights(
     *,
     model: LatentVariableModel,
     x: torch.Tensor,
     proposal: Distribution,
     k: int,
-    chunk: int = 1_000,
+    evals_per_pass: int | None = None,
 ) -> torch.Tensor:
     """ln w_i = ln p(x, z_i) − ln r(z_i) for k samples z_i ~ r(z | x): shape (k, B).
 
@@ -111,11 +123,15 @@ def log_importance_weights(
         proposal: r(z | x) with batch shape (B,), or () to share one proposal (for
             instance the prior) across the batch.
         k: number of importance samples (>= 1).
-        chunk: samples drawn at once; memory is O(chunk · B · size of x).
+        evals_per_pass: model evaluations (samples × data points) per pass; default
+            :func:`default_evals_per_pass` for x's device. Memory grows linearly with it.
     """
-    if k < 1 or chunk < 1:
-        raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
     batch = x.shape[0]
+    if evals_per_pass is None:
+        evals_per_pass = default_evals_per_pass(x.device)
+    if k < 1 or evals_per_pass < 1:
+        raise ValueError(f"k and evals_per_pass must be >= 1, got k={k}, evals_per_pass={evals_per_pass}")
+    chunk = max(1, evals_per_pass // max(batch, 1))
     parts = []
     with torch.no_grad():
         for start in range(0, k, chunk):
@@ -133,7 +149,7 @@ def importance_log_marginal(
     x: torch.Tensor,
     proposal: Distribution,
     k: int,
-    chunk: int = 1_000,
+    evals_per_pass: int | None = None,
 ) -> torch.Tensor:
     """Importance-sampling estimate of ln p(x) with k samples from ``proposal``.
 
@@ -144,7 +160,7 @@ def importance_log_marginal(
         (B,) estimates in nats. exp(·) is unbiased for p(x), so the estimate is a lower
         bound on ln p(x) in expectation (Jensen), consistent as k → ∞.
     """
-    log_w = log_importance_weights(model=model, x=x, proposal=proposal, k=k, chunk=chunk)
+    log_w = log_importance_weights(model=model, x=x, proposal=proposal, k=k, evals_per_pass=evals_per_pass)
     return torch.logsumexp(log_w, dim=0) - math.log(k)
 
 
@@ -165,11 +181,11 @@ def iwae_from_weights(log_w: torch.Tensor, *, ks: Sequence[int]) -> torch.Tensor
     return torch.stack(rows)
 
 
-def iwae_bound(*, model, x: torch.Tensor, k: int, chunk: int = 1_000) -> torch.Tensor:
+def iwae_bound(*, model, x: torch.Tensor, k: int, evals_per_pass: int | None = None) -> torch.Tensor:
     """The IWAE bound L_k(x) with the model's encoder as proposal: (B,) nats (Burda et al., 2016)."""
     with torch.no_grad():
         q = model.encode(x)
-    return importance_log_marginal(model=model, x=x, proposal=q, k=k, chunk=chunk)
+    return importance_log_marginal(model=model, x=x, proposal=q, k=k, evals_per_pass=evals_per_pass)
 
 
 def iwae_curve(
@@ -178,7 +194,7 @@ def iwae_curve(
     images: torch.Tensor,
     ks: Sequence[int],
     batch_size: int = 100,
-    chunk: int = 500,
+    evals_per_pass: int | None = None,
     progress: bool | None = None,
 ) -> torch.Tensor:
     """IWAE bounds L_k for every k in ``ks`` over a data set, from max(ks) samples per image.
@@ -188,7 +204,7 @@ def iwae_curve(
         images: (N, ...) evaluation images (binarised once for a binary likelihood).
         ks: importance-sample counts; each must divide max(ks).
         batch_size: images per batch.
-        chunk: importance samples drawn at once.
+        evals_per_pass: decoder evaluations per pass (see :func:`log_importance_weights`).
         progress: show a progress bar (default: see :mod:`companion.progress`).
 
     Returns:
@@ -205,7 +221,7 @@ def iwae_curve(
             x = images[start : start + batch_size].to(device)
             with torch.no_grad():
                 q = model.encode(x)
-            log_w = log_importance_weights(model=model, x=x, proposal=q, k=k_max, chunk=chunk)
+            log_w = log_importance_weights(model=model, x=x, proposal=q, k=k_max, evals_per_pass=evals_per_pass)
             out.append(iwae_from_weights(log_w, ks=ks).cpu())
     finally:
         model.train(was_training)

@@ -164,12 +164,12 @@ def test_elbo_rejects_zero_samples(model, x) -> None:
 @pytest.mark.parametrize("k", [1, 7])
 def test_importance_sampling_with_the_exact_posterior_is_exact_with_zero_variance(model, x, k: int) -> None:
     torch.manual_seed(5)
-    estimate = importance_log_marginal(model=model, x=x, proposal=model.posterior(x), k=k, chunk=3)
+    estimate = importance_log_marginal(model=model, x=x, proposal=model.posterior(x), k=k, evals_per_pass=3 * len(x))
     torch.testing.assert_close(estimate, model.log_marginal(x).detach(), atol=1e-8, rtol=0)
 
 
-def test_log_importance_weights_have_k_rows_whatever_the_chunk_size(model, x) -> None:
-    log_w = log_importance_weights(model=model, x=x, proposal=_diagonal_q(), k=7, chunk=3)
+def test_log_importance_weights_have_k_rows_whatever_the_pass_size(model, x) -> None:
+    log_w = log_importance_weights(model=model, x=x, proposal=_diagonal_q(), k=7, evals_per_pass=3 * len(x))
     assert log_w.shape == (7, B)
     assert not log_w.requires_grad
 
@@ -179,7 +179,7 @@ def test_naive_monte_carlo_with_the_prior_converges_to_ln_p_x() -> None:
     x, _ = small.sample(4, generator=torch.Generator().manual_seed(4))
     torch.manual_seed(6)
     k = 100_000
-    log_w = log_importance_weights(model=small, x=x, proposal=small.prior(), k=k, chunk=20_000)
+    log_w = log_importance_weights(model=small, x=x, proposal=small.prior(), k=k, evals_per_pass=20_000)
     estimate = torch.logsumexp(log_w, 0) - math.log(k)
     # delta method: sd(ln p̂) ≈ sd(w) / (mean(w) √k)
     w = (log_w - log_w.max(0).values).exp()
@@ -201,10 +201,10 @@ def test_a_batchless_proposal_shares_its_samples_across_the_batch(model, x) -> N
     torch.testing.assert_close(log_w, expected)
 
 
-@pytest.mark.parametrize(("k", "chunk"), [(0, 10), (5, 0)])
-def test_importance_sampling_rejects_non_positive_k_or_chunk(model, x, k: int, chunk: int) -> None:
-    with pytest.raises(ValueError, match="k and chunk must be >= 1"):
-        importance_log_marginal(model=model, x=x, proposal=model.prior(), k=k, chunk=chunk)
+@pytest.mark.parametrize(("k", "evals"), [(0, 10), (5, 0)])
+def test_importance_sampling_rejects_non_positive_k_or_pass_size(model, x, k: int, evals: int) -> None:
+    with pytest.raises(ValueError, match="k and evals_per_pass must be >= 1"):
+        importance_log_marginal(model=model, x=x, proposal=model.prior(), k=k, evals_per_pass=evals)
 
 
 # --- IWAE from one set of weights ------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_iwae_curve_has_one_row_per_k_and_one_column_per_image_and_rises_with_k(
     vae, images = vae_and_images
     vae.train()
     torch.manual_seed(8)
-    curve = iwae_curve(model=vae, images=images, ks=(1, 4, 16), batch_size=5, chunk=6, progress=False)
+    curve = iwae_curve(model=vae, images=images, ks=(1, 4, 16), batch_size=5, evals_per_pass=30, progress=False)
     assert curve.shape == (3, 12)
     assert torch.isfinite(curve).all() and (curve < 0).all()
     assert (curve[1:] >= curve[:-1] - 1e-5).all()
