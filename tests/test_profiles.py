@@ -82,3 +82,24 @@ def test_seed_everything_makes_python_numpy_torch_and_the_returned_generator_rep
     assert first == second
     for a, b in zip(first, other):
         assert a != b
+
+
+def test_companion_seed_replaces_the_profile_seed_and_rejects_non_integers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPANION_PROFILE", "quick")
+    monkeypatch.setenv("COMPANION_SEED", "7")
+    assert profiles.active_profile().seed == 7
+    assert profiles.active_profile().vae == profiles.QUICK.vae
+    monkeypatch.setenv("COMPANION_SEED", "seven")
+    with pytest.raises(ValueError, match="COMPANION_SEED must be an integer"):
+        profiles.active_profile()
+
+
+@pytest.mark.parametrize("profile", list(profiles.PROFILES.values()), ids=lambda p: p.name)
+def test_every_profile_builds_a_vae_that_reconstructs_images_of_its_data_size(profile) -> None:
+    from companion.models import ConvVAE, VAEConfig
+
+    size = profile.data.image_size
+    vae = ConvVAE(VAEConfig(image_size=size, z_dim=profile.vae.z_dim, channels=profile.vae.channels))
+    x = torch.rand(2, 1, size, size)
+    assert vae.reconstruct(x).shape == x.shape
+    assert all(max(profile.vae.iwae_ks) % k == 0 for k in profile.vae.iwae_ks)
