@@ -49,22 +49,31 @@ class LatentVariableModel(Protocol):
 
 
 class ELBOTerms(NamedTuple):
-    """Per-example ELBO and its two terms, each of shape (B,), in nats.
+    """Per-example ELBO and its terms, each of shape (B,), in nats.
 
-    ``elbo = log_likelihood - beta * kl`` for the β the ELBO was computed with.
+    ``elbo = log_likelihood - beta * kl`` for the β the ELBO was computed with, and
+    ``kl = sum(kl_groups)``: one entry per latent group (one for a single-layer VAE).
     """
 
     elbo: torch.Tensor
     log_likelihood: torch.Tensor
     kl: torch.Tensor
+    kl_groups: tuple[torch.Tensor, ...]
 
 
-def _kl(q: Distribution, p: Distribution, z: torch.Tensor) -> torch.Tensor:
-    """KL[q ‖ p], analytic when torch knows it, else the one-sample estimate at z (S, B, d)."""
+def _kl_groups(model, q: Distribution, z: torch.Tensor) -> list[torch.Tensor]:
+    """Per-group KL[q ‖ p] averaged over the S samples z (S, B, d): a list of (B,) tensors.
+
+    Models with latent groups report them (``model.kl_groups``); otherwise KL[q ‖ p(z)] is
+    analytic when torch knows it, else estimated from the samples.
+    """
+    if hasattr(model, "kl_groups"):
+        return [kl.mean(0) for kl in model.kl_groups(q, z)]
+    prior = model.prior()
     try:
-        return kl_divergence(q, p)
+        return [kl_divergence(q, prior)]
     except NotImplementedError:
-        return (q.log_prob(z) - p.log_prob(z)).mean(0)
+        return [(q.log_prob(z) - prior.log_prob(z)).mean(0)]
 
 
 def elbo(
@@ -78,7 +87,8 @@ def elbo(
     """The (β-)ELBO of each x with reparameterised samples (differentiable).
 
     Args:
-        model: a model with ``prior``, ``decode`` (and ``encode`` if ``posterior`` is None).
+        model: a model with ``decode``, and ``prior`` or ``kl_groups`` (and ``encode`` if
+            ``posterior`` is None).
         x: data, shape (B, ...) as the model expects.
         posterior: q(z | x) with batch shape (B,); default ``model.encode(x)``.
         beta: weight of the KL term (β = 1 is the ELBO proper, a bound on ln p(x)).
@@ -92,8 +102,9 @@ def elbo(
     q = model.encode(x) if posterior is None else posterior
     z = q.rsample((n_samples,))  # (S, B, d)
     log_lik = model.decode(z).log_prob(x).mean(0)
-    kl = _kl(q, model.prior(), z)
-    return ELBOTerms(elbo=log_lik - beta * kl, log_likelihood=log_lik, kl=kl)
+    groups = _kl_groups(model, q, z)
+    kl = torch.stack(groups).sum(0)
+    return ELBOTerms(elbo=log_lik - beta * kl, log_likelihood=log_lik, kl=kl, kl_groups=tuple(groups))
 
 
 def default_evals_per_pass(device: torch.device) -> int:

@@ -38,6 +38,14 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation loss (the
             best weights are restored at the end).
         beta: KL weight of the objective (1 is the ELBO).
+        kl_warmup_epochs: raise the KL weight linearly from 0 to ``beta`` over this many
+            epochs (Bowman et al., 2016; Sønderby et al., 2016), so that the decoder learns
+            to use the latents before the KL term pushes them to the prior. 0: off.
+        free_bits: nats per latent group below which the (batch-averaged) KL of that
+            group is not penalised (Kingma et al., 2016): a group cannot profit from
+            collapsing to the prior. 0: off.
+        skip_grad_norm: skip updates whose gradient norm exceeds this (Child, 2021): rare
+            spikes of deep VAEs otherwise derail training. None: off.
         binarize: train on fresh Bernoulli draws of the pixels each step (dynamic
             binarisation) and validate on one fixed draw.
         seed: seed of the data order, the binarisation and the reparameterisation noise.
@@ -49,6 +57,9 @@ class TrainConfig:
     lr: float = 1e-3
     patience: int = 10
     beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
+    skip_grad_norm: float | None = None
     binarize: bool = True
     seed: int = 0
     progress: bool | None = None
@@ -56,21 +67,32 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or not self.lr > 0:
             raise ValueError(f"invalid TrainConfig {self}: epochs, batch_size, patience >= 1 and lr > 0")
+        if self.kl_warmup_epochs >= self.epochs:
+            raise ValueError(f"invalid TrainConfig {self}: kl_warmup_epochs must be below epochs")
+        if self.kl_warmup_epochs < 0 or self.free_bits < 0 or (self.skip_grad_norm is not None and self.skip_grad_norm <= 0):
+            raise ValueError(
+                f"invalid TrainConfig {self}: kl_warmup_epochs and free_bits must be >= 0, skip_grad_norm > 0 or None"
+            )
 
 
 @dataclass
 class History:
-    """What happened during training; losses are mean −ELBO per image in nats.
+    """What happened during training; losses are mean −ELBO per image in nats (with the
+    configured β, without warm-up or free bits, so epochs compare).
 
     Attributes:
         train_loss: per epoch, averaged over the epoch's batches.
         valid_loss: per epoch, on the (fixed) validation images.
+        kl_groups: per epoch, the training batches' mean KL of every latent group (nats).
+        skipped_steps: updates skipped for a gradient norm above ``skip_grad_norm``.
         best_epoch: index of the epoch whose weights were kept.
         seconds: wall-clock training time.
     """
 
     train_loss: list[float] = field(default_factory=list)
     valid_loss: list[float] = field(default_factory=list)
+    kl_groups: list[list[float]] = field(default_factory=list)
+    skipped_steps: int = 0
     best_epoch: int = -1
     seconds: float = 0.0
 
@@ -104,8 +126,12 @@ def train_vae(
 ) -> History:
     """Fit a VAE by maximising the (β-)ELBO with Adam, with early stopping on validation.
 
+    The loss of a batch is −mean ln p(x|z) + β_t Σ_l max(mean KL_l, free_bits), with β_t
+    the warmed-up KL weight; validation uses the plain (β-)ELBO. Early stopping only
+    counts epochs after the warm-up.
+
     Args:
-        model: a model with ``encode``/``decode``/``prior`` (e.g. :class:`~companion.models.ConvVAE`),
+        model: a single-layer or hierarchical VAE (``encode``, ``decode``, ``kl_groups``),
             on the device training should run on.
         train_images: (N, 1, H, W) in [0, 1], on any device.
         valid_images: (M, 1, H, W) in [0, 1].
@@ -128,32 +154,56 @@ def train_vae(
     best_state, best_loss, waited = None, math.inf, 0
     start = time.perf_counter()
     bar = progress_bar(range(config.epochs), desc="training", enabled=config.progress)
+    steps_per_epoch = -(-len(train_images) // config.batch_size)
+    warmup_steps = config.kl_warmup_epochs * steps_per_epoch
+    step = 0
     for epoch in bar:
         model.train()
         order = torch.randperm(len(train_images), generator=gen).to(device)
         total = torch.zeros((), device=device)
+        kl_total = None
         n_batches = 0
         for i in range(0, len(order), config.batch_size):
             x = train_images[order[i : i + config.batch_size]]
             if config.binarize:
                 x = torch.bernoulli(x)
-            loss = -elbo(model=model, x=x, beta=config.beta).elbo.mean()
+            terms = elbo(model=model, x=x)
+            kl = torch.stack(terms.kl_groups).mean(1)  # (L,) batch-averaged KL per group
+            kl_penalty = kl.clamp(min=config.free_bits).sum() if config.free_bits > 0 else kl.sum()
+            weight = config.beta * min(1.0, (step + 1) / warmup_steps) if warmup_steps else config.beta
+            loss = -terms.log_likelihood.mean() + weight * kl_penalty
             if not torch.isfinite(loss):  # one sync per step: cheap next to the step itself
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate"
                 )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if config.skip_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=math.inf)
+                if not norm <= config.skip_grad_norm:  # also skips a non-finite norm
+                    history.skipped_steps += 1
+                    step += 1
+                    continue
             optimiser.step()
-            total += loss.detach()
+            step += 1
+            total += (-terms.log_likelihood.mean() + config.beta * kl.sum()).detach()
+            kl_total = kl.detach() if kl_total is None else kl_total + kl.detach()
             n_batches += 1
+        if n_batches == 0:
+            raise FloatingPointError(
+                f"every update of epoch {epoch} was skipped (gradient norm above {config.skip_grad_norm}); "
+                "raise skip_grad_norm or lower the learning rate"
+            )
         history.train_loss.append(float(total) / n_batches)
+        history.kl_groups.append((kl_total / n_batches).tolist())
         history.valid_loss.append(float(-evaluate_elbo(model=model, images=valid, beta=config.beta).mean()))
         bar.set_postfix(train=f"{history.train_loss[-1]:.2f}", valid=f"{history.valid_loss[-1]:.2f}")
         if not math.isfinite(history.valid_loss[-1]):
             raise FloatingPointError(
                 f"validation loss became {history.valid_loss[-1]} at epoch {epoch}; lower the learning rate"
             )
+        if epoch < config.kl_warmup_epochs:
+            continue  # the objective is still changing: neither keep nor count these epochs
         if history.valid_loss[-1] < best_loss:
             best_loss, best_state, waited = history.valid_loss[-1], copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch

@@ -13,7 +13,6 @@ import torch
 from companion import train as train_module
 from companion.data import binarize, load_images
 from companion.models import ConvVAE, VAEConfig
-from companion.objectives import ELBOTerms
 from companion.train import History, TrainConfig, evaluate_elbo, load_checkpoint, save_checkpoint, train_vae
 
 CONFIG = VAEConfig(image_size=8, z_dim=4, channels=(8, 16))
@@ -113,7 +112,7 @@ def test_a_diverging_step_raises_floating_point_error_advising_a_lower_learning_
         terms = real_elbo(**kwargs)
         calls.append(1)
         scale = float("nan") if len(calls) == 1 else 1.0
-        return ELBOTerms(elbo=terms.elbo * scale, log_likelihood=terms.log_likelihood, kl=terms.kl)
+        return terms._replace(log_likelihood=terms.log_likelihood * scale)
 
     monkeypatch.setattr(train_module, "elbo", diverging_once)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
@@ -149,6 +148,52 @@ def test_train_config_rejects_non_positive_settings(kwargs: dict) -> None:
 
 
 # --- checkpoints -----------------------------------------------------------------------------
+
+
+# --- training aids against posterior collapse ----------------------------------------------
+
+
+def test_history_records_the_kl_of_every_group_for_every_epoch(images) -> None:
+    from companion.models import HierarchicalVAE, HVAEConfig
+
+    torch.manual_seed(0)
+    model = HierarchicalVAE(HVAEConfig(image_size=8, z_dims=(2, 3, 4), channels=(8,), width=16))
+    config = TrainConfig(epochs=3, batch_size=32, lr=3e-3, progress=False)
+    history = train_vae(model=model, train_images=images[0], valid_images=images[1], config=config)
+    assert len(history.kl_groups) == 3 and all(len(epoch) == 3 for epoch in history.kl_groups)
+    assert all(kl >= 0 for epoch in history.kl_groups for kl in epoch)
+
+
+def test_free_bits_let_the_encoder_use_more_nats_than_the_plain_elbo(images) -> None:
+    _, plain = _train(images, epochs=3)
+    _, free = _train(images, epochs=3, free_bits=50.0)
+    # on 200 tiny digits the plain ELBO drives the KL towards 0 (collapse); free bits do not
+    assert free.kl_groups[-1][0] > 2 * plain.kl_groups[-1][0], (free.kl_groups, plain.kl_groups)
+
+
+def test_warm_up_epochs_are_never_kept_as_the_best(images) -> None:
+    _, history = _train(images, epochs=4, kl_warmup_epochs=3, patience=1)
+    assert history.best_epoch == 3
+    # warm-up lowers the KL weight, so the first epoch's KL is above the plain run's
+    _, plain = _train(images, epochs=4)
+    assert history.kl_groups[0][0] > plain.kl_groups[0][0]
+
+
+def test_gradient_spikes_above_the_threshold_are_skipped_and_counted(images) -> None:
+    _, history = _train(images, epochs=2, skip_grad_norm=1e9)
+    assert history.skipped_steps == 0
+    with pytest.raises(FloatingPointError, match="every update of epoch 0 was skipped"):
+        _train(images, epochs=2, skip_grad_norm=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kl_warmup_epochs=4), dict(kl_warmup_epochs=-1), dict(free_bits=-0.1), dict(skip_grad_norm=0.0)],
+    ids=["warmup>=epochs", "warmup<0", "free_bits<0", "skip<=0"],
+)
+def test_train_config_rejects_bad_collapse_settings(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="invalid TrainConfig"):
+        TrainConfig(epochs=4, **kwargs)
 
 
 def test_checkpoint_round_trip_restores_weights_and_metadata(tmp_path: Path) -> None:
@@ -208,18 +253,18 @@ def test_corrupt_checkpoint_raises_value_error(tmp_path: Path, damage: str) -> N
 def test_checkpoint_of_other_widths_is_rejected_naming_the_wrong_shapes(tmp_path: Path) -> None:
     path = save_checkpoint(_vae(), tmp_path / "vae.safetensors")
     wider = _vae(VAEConfig(image_size=8, z_dim=4, channels=(8, 32)))
-    with pytest.raises(ValueError, match=r"wrong shapes \['decoder_head.0.bias'"):
+    with pytest.raises(ValueError, match=r"wrong shapes \['decoder.head.0.bias'"):
         load_checkpoint(wider, path)
 
 
 def test_checkpoint_of_another_depth_is_rejected_naming_missing_and_unexpected_keys(tmp_path: Path) -> None:
     path = save_checkpoint(_vae(), tmp_path / "vae.safetensors")
     deeper = _vae(VAEConfig(image_size=8, z_dim=4, channels=(8, 16, 16)))
-    missing = r"missing \['decoder_net.6.bias', 'decoder_net.6.weight', 'encoder_net.4.bias', 'encoder_net.4.weight'\]"
+    missing = r"missing \['decoder.net.6.bias', 'decoder.net.6.weight', 'encoder.net.4.bias', 'encoder.net.4.weight'\]"
     with pytest.raises(ValueError, match=missing + r", unexpected \[\]") as info:
         load_checkpoint(deeper, path)
     assert "build the model with the config it was trained with" in str(info.value)
 
     deeper_path = save_checkpoint(deeper, tmp_path / "deeper.safetensors")
-    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['decoder_net.6.bias'"):
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['decoder.net.6.bias'"):
         load_checkpoint(_vae(), deeper_path)

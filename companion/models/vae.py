@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl_divergence
 import torch.nn.functional as F
 
 from companion.data import check_images
+from companion.models.conv import ConvDecoder, ConvEncoder, check_architecture
 
 __all__ = ["VAEConfig", "ConvVAE"]
 
@@ -37,21 +38,9 @@ class VAEConfig:
     channels: tuple[int, ...] = (32, 64)
 
     def __post_init__(self) -> None:
-        if self.image_size < 2 or self.z_dim < 1 or not self.channels:
-            raise ValueError(f"invalid VAEConfig {self}: need image_size >= 2, z_dim >= 1, channels")
-        if 2 ** (len(self.channels) - 1) >= self.image_size:
-            raise ValueError(
-                f"{len(self.channels)} stride-2 convolutions are too many for {self.image_size}×"
-                f"{self.image_size} images; use at most {(self.image_size - 1).bit_length()}"
-            )
-
-
-def _sizes(image_size: int, n_layers: int) -> list[int]:
-    """Spatial sizes after each stride-2, kernel-3, padding-1 convolution: s -> ceil(s/2)."""
-    sizes = [image_size]
-    for _ in range(n_layers):
-        sizes.append((sizes[-1] + 1) // 2)
-    return sizes
+        if self.z_dim < 1:
+            raise ValueError(f"invalid VAEConfig {self}: need z_dim >= 1")
+        check_architecture(image_size=self.image_size, channels=self.channels)
 
 
 class ConvVAE(nn.Module):
@@ -64,30 +53,9 @@ class ConvVAE(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
-        sizes = _sizes(config.image_size, len(config.channels))
-        self._top = (config.channels[-1], sizes[-1], sizes[-1])
-
-        enc: list[nn.Module] = []
-        c_in = 1
-        for c in config.channels:
-            enc += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.SiLU()]
-            c_in = c
-        self.encoder_net = nn.Sequential(*enc, nn.Flatten())
-        n_top = config.channels[-1] * sizes[-1] ** 2
-        self.encoder_head = nn.Linear(n_top, 2 * config.z_dim)
-
-        self.decoder_head = nn.Sequential(nn.Linear(config.z_dim, n_top), nn.SiLU())
-        dec: list[nn.Module] = []
-        outs = list(reversed(config.channels[:-1])) + [config.channels[0]]
-        for i, c_out in enumerate(outs):
-            s_in, s_out = sizes[-1 - i], sizes[-2 - i]
-            dec += [
-                nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=s_out - (2 * s_in - 1)),
-                nn.SiLU(),
-            ]
-            c_in = c_out
-        dec.append(nn.Conv2d(c_in, 1, 3, padding=1))
-        self.decoder_net = nn.Sequential(*dec)
+        self.encoder = ConvEncoder(image_size=config.image_size, channels=config.channels)
+        self.encoder_head = nn.Linear(self.encoder.out_features, 2 * config.z_dim)
+        self.decoder = ConvDecoder(image_size=config.image_size, channels=config.channels, in_features=config.z_dim)
 
     @property
     def z_dim(self) -> int:
@@ -106,14 +74,12 @@ class ConvVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for images x (B, 1, H, W) in [0, 1]: batch shape (B,), event (z_dim,)."""
         check_images(x, shape=self.image_shape)
-        mean, raw_std = self.encoder_head(self.encoder_net(x)).chunk(2, dim=-1)
+        mean, raw_std = self.encoder_head(self.encoder(x)).chunk(2, dim=-1)
         return Independent(Normal(mean, F.softplus(raw_std) + _MIN_STD), 1)
 
     def decoder_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits for codes z (..., z_dim) -> (..., 1, H, W)."""
-        batch = z.shape[:-1]
-        h = self.decoder_head(z.reshape(-1, self.z_dim)).reshape(-1, *self._top)
-        return self.decoder_net(h).reshape(*batch, *self.image_shape)
+        return self.decoder(z)
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x | z) for z (..., z_dim): batch shape (...), event shape (1, H, W)."""
@@ -122,6 +88,10 @@ class ConvVAE(nn.Module):
     def log_joint(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """ln p(z) + ln p(x | z): z (..., z_dim), x broadcastable to (..., 1, H, W) -> (...,)."""
         return self.prior().log_prob(z) + self.decode(z).log_prob(x)
+
+    def kl_groups(self, q: Distribution, z: torch.Tensor) -> list[torch.Tensor]:
+        """[KL[q(z|x) ‖ p(z)]], analytic, broadcast to z's batch shape (*S, B): one group."""
+        return [kl_divergence(q, self.prior()).expand(z.shape[:-1])]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x | z = E_q[z]): the usual deterministic reconstruction, (B, 1, H, W)."""

@@ -64,7 +64,7 @@ def test_error_message_advises_the_largest_depth_that_is_accepted(image_size: in
     "kwargs", [dict(image_size=1), dict(z_dim=0), dict(channels=())], ids=["size", "z_dim", "channels"]
 )
 def test_degenerate_config_is_rejected(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match="invalid VAEConfig"):
+    with pytest.raises(ValueError, match="invalid VAEConfig|need image_size >= 2"):
         VAEConfig(**kwargs)
 
 
