@@ -24,6 +24,7 @@ __all__ = [
     "DataSettings",
     "LatentModelsSettings",
     "VAESettings",
+    "HVAESettings",
     "Profile",
     "QUICK",
     "FULL",
@@ -103,15 +104,41 @@ class VAESettings:
 
     z_dim: int = 16
     channels: tuple[int, ...] = (32, 64)
-    epochs: int = 100
+    epochs: int = 150
     batch_size: int = 64
     lr: float = 2e-3
-    patience: int = 10
+    patience: int = 15
     iwae_ks: tuple[int, ...] = (1, 10, 100, 1_000)
     nll_k: int = 1_000
     n_test: int | None = None
     local_steps: int = 200
     n_local: int = 64
+
+
+@dataclass(frozen=True)
+class HVAESettings:
+    """Chapter 3: the hierarchical VAE, trained with the chapter 2 VAE's data and budget.
+
+    Attributes:
+        z_dims: latent group sizes, top first.
+        width: width of the bottom-up features and the top-down state.
+        collapse_z_dims: groups of the model used to show posterior collapse (many small
+            groups collapse readily).
+        collapse_epochs: fixed training length of the collapse study (no early stopping).
+        free_bits: nats per group for the cure (Kingma et al., 2016).
+        kl_floor: a group with test KL above this (nats) counts as active.
+        collapsed_below: a group with test KL below this (nats) counts as collapsed.
+        temperatures: prior temperatures of the sample grids.
+    """
+
+    z_dims: tuple[int, ...] = (4, 8, 16)
+    width: int = 128
+    collapse_z_dims: tuple[int, ...] = (4, 4, 4, 4, 4, 4)
+    collapse_epochs: int = 40
+    free_bits: float = 0.5
+    kl_floor: float = 0.25
+    collapsed_below: float = 0.1
+    temperatures: tuple[float, ...] = (0.5, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -123,7 +150,9 @@ class Profile:
         seed: the seed every chapter starts from.
         data: the image data set.
         latent_models: chapter 1 settings.
-        vae: chapter 2 settings.
+        vae: chapter 2 settings (the conv architecture and training budget that chapter 3
+            gives its hierarchical VAE too).
+        hvae: chapter 3 settings.
     """
 
     name: str
@@ -131,6 +160,7 @@ class Profile:
     data: DataSettings
     latent_models: LatentModelsSettings
     vae: VAESettings
+    hvae: HVAESettings
 
 
 QUICK = Profile(
@@ -139,6 +169,7 @@ QUICK = Profile(
     data=DataSettings(name="digits", image_size=16),
     latent_models=LatentModelsSettings(),
     vae=VAESettings(),
+    hvae=HVAESettings(),
 )
 
 FULL = Profile(
@@ -157,6 +188,12 @@ FULL = Profile(
         nll_k=1_000,
         local_steps=500,
         n_local=200,
+    ),
+    hvae=HVAESettings(
+        z_dims=(16, 32, 64),
+        width=256,
+        collapse_z_dims=(8,) * 8,
+        collapse_epochs=30,
     ),
 )
 

@@ -95,7 +95,7 @@ def test_companion_seed_replaces_the_profile_seed_and_rejects_non_integers(monke
 
 
 @pytest.mark.parametrize("profile", list(profiles.PROFILES.values()), ids=lambda p: p.name)
-def test_every_profile_builds_a_vae_that_reconstructs_images_of_its_data_size(profile) -> None:
+def test_every_profile_builds_vaes_that_reconstruct_images_of_its_data_size(profile) -> None:
     from companion.models import ConvVAE, VAEConfig
 
     size = profile.data.image_size
@@ -103,3 +103,9 @@ def test_every_profile_builds_a_vae_that_reconstructs_images_of_its_data_size(pr
     x = torch.rand(2, 1, size, size)
     assert vae.reconstruct(x).shape == x.shape
     assert all(max(profile.vae.iwae_ks) % k == 0 for k in profile.vae.iwae_ks)
+    from companion.models import HierarchicalVAE, HVAEConfig
+
+    for z_dims in (profile.hvae.z_dims, profile.hvae.collapse_z_dims):
+        hvae = HierarchicalVAE(HVAEConfig(image_size=size, z_dims=z_dims, channels=profile.vae.channels,
+                                          width=profile.hvae.width))
+        assert hvae.reconstruct(x).shape == x.shape

@@ -1,0 +1,39 @@
+"""Tests for companion.recipes: chapters that rebuild a model get the very same model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from companion import recipes
+from companion.data import load_images
+from companion.profiles import QUICK
+
+TINY = replace(
+    QUICK,
+    data=replace(QUICK.data, image_size=8),
+    vae=replace(QUICK.vae, z_dim=4, channels=(8,), epochs=2, batch_size=64),
+    hvae=replace(QUICK.hvae, z_dims=(2, 3), width=8),
+)
+
+
+def _splits():
+    return load_images(name="digits", split="train"), load_images(name="digits", split="valid")
+
+
+def test_a_recipe_gives_the_same_weights_whatever_ran_before_it() -> None:
+    train, valid = _splits()
+    first, _ = recipes.chapter2_vae(TINY, train=train, valid=valid, device=torch.device("cpu"))
+    torch.randn(1000)  # a chapter consumed random numbers in between
+    second, _ = recipes.chapter2_vae(TINY, train=train, valid=valid, device=torch.device("cpu"))
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_hierarchical_recipe_uses_the_profile_groups_and_the_shared_budget() -> None:
+    train, valid = _splits()
+    model, history = recipes.chapter3_hvae(TINY, train=train, valid=valid, device=torch.device("cpu"))
+    assert model.z_dims == (2, 3) and len(history.train_loss) <= TINY.vae.epochs
+    budget = recipes.training_budget(TINY, free_bits=0.5)
+    assert (budget.epochs, budget.lr, budget.patience, budget.free_bits) == (2, TINY.vae.lr, TINY.vae.patience, 0.5)
