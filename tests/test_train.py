@@ -13,6 +13,7 @@ import torch
 from companion import train as train_module
 from companion.data import binarize, load_images
 from companion.models import ConvVAE, VAEConfig
+from companion.objectives import ELBOTerms
 from companion.train import History, TrainConfig, evaluate_elbo, load_checkpoint, save_checkpoint, train_vae
 
 CONFIG = VAEConfig(image_size=8, z_dim=4, channels=(8, 16))
