@@ -26,6 +26,7 @@ __all__ = [
     "load_images",
     "binarize",
     "check_images",
+    "stratified_indices",
 ]
 
 DATASETS = ("digits", "mnist", "fashion_mnist")
@@ -171,3 +172,18 @@ def check_images(images: torch.Tensor, *, shape: tuple[int, ...] | None = None) 
             f"images must lie in [0, 1] (got min {lo:.3g}, max {hi:.3g}); "
             "divide 8-bit images by 255 and do not standardise them"
         )
+
+
+def stratified_indices(labels: torch.Tensor, *, per_class: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``per_class`` random indices of every class present in ``labels``, sorted by class.
+
+    The papers draw attack references stratified by class, so that every digit is
+    attacked equally often. Raises ``ValueError`` when a class has too few examples.
+    """
+    chosen = []
+    for c in labels.unique(sorted=True):
+        idx = (labels == c).nonzero().squeeze(1)
+        if len(idx) < per_class:
+            raise ValueError(f"class {int(c)} has {len(idx)} examples, fewer than per_class={per_class}")
+        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
+    return torch.cat(chosen)

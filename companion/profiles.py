@@ -25,6 +25,7 @@ __all__ = [
     "LatentModelsSettings",
     "VAESettings",
     "HVAESettings",
+    "AttackSettings",
     "Profile",
     "QUICK",
     "FULL",
@@ -142,6 +143,29 @@ class HVAESettings:
 
 
 @dataclass(frozen=True)
+class AttackSettings:
+    """Chapter 4: attacks on the encoders of chapters 2 and 3.
+
+    Attributes:
+        radii: L∞ radii δ of the table (pixels in [0, 1]).
+        per_class: references per class (stratified), so 10 × this many in all.
+        steps: projected-gradient steps per restart.
+        restarts: random restarts per reference (the best is kept).
+        step_grid: step counts of the steps-and-restarts study.
+        restart_grid: restart counts of that study.
+        skl_factor: the attack's SKL must exceed random noise's by this factor.
+    """
+
+    radii: tuple[float, ...] = (0.05, 0.1, 0.2)
+    per_class: int = 10
+    steps: int = 50
+    restarts: int = 3
+    step_grid: tuple[int, ...] = (1, 5, 20, 50)
+    restart_grid: tuple[int, ...] = (1, 3)
+    skl_factor: float = 3.0
+
+
+@dataclass(frozen=True)
 class Profile:
     """All settings of one profile.
 
@@ -153,6 +177,7 @@ class Profile:
         vae: chapter 2 settings (the conv architecture and training budget that chapter 3
             gives its hierarchical VAE too).
         hvae: chapter 3 settings.
+        attack: chapter 4 settings.
     """
 
     name: str
@@ -161,6 +186,7 @@ class Profile:
     latent_models: LatentModelsSettings
     vae: VAESettings
     hvae: HVAESettings
+    attack: AttackSettings
 
 
 QUICK = Profile(
@@ -170,6 +196,7 @@ QUICK = Profile(
     latent_models=LatentModelsSettings(),
     vae=VAESettings(),
     hvae=HVAESettings(),
+    attack=AttackSettings(),
 )
 
 FULL = Profile(
@@ -194,6 +221,9 @@ FULL = Profile(
         width=256,
         collapse_z_dims=(8,) * 8,
         collapse_epochs=30,
+    ),
+    attack=AttackSettings(
+        per_class=100, steps=100, restarts=5, step_grid=(1, 5, 20, 50, 100, 200), restart_grid=(1, 5, 10)
     ),
 )
 

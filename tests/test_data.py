@@ -175,3 +175,16 @@ def test_mnist_offline_raises_connection_error_pointing_to_digits(
 
     assert refused_base_url in str(info.value)
     assert list((tmp_path / "cache" / "mnist").iterdir()) == []  # no partial download left behind
+
+
+def test_stratified_indices_draw_the_same_number_of_every_class_reproducibly() -> None:
+    from companion.data import stratified_indices
+
+    labels = load_images(name="digits", split="test").labels
+    idx = stratified_indices(labels, per_class=7, generator=torch.Generator().manual_seed(0))
+    assert len(idx) == 70 and len(set(idx.tolist())) == 70
+    assert torch.equal(labels[idx].bincount(), torch.full((10,), 7))
+    again = stratified_indices(labels, per_class=7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(idx, again)
+    with pytest.raises(ValueError, match="fewer than per_class"):
+        stratified_indices(labels, per_class=1000)

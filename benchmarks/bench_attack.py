@@ -1,0 +1,69 @@
+"""One attack step against one encoder forward + input-gradient backward, side by side.
+
+An attack step of `companion.attacks.pgd` (unsupervised SKL objective, L∞ sign step,
+projection) should cost little more than the encoder pass it cannot avoid. The step's
+time is measured inside the library: (pgd with S steps − pgd with 0 steps) / S, which
+removes the random start and the final scoring. Both are timed interleaved in one run at
+batch sizes 1, 64 and 1024. Target (issue 4): ratio at most 1.3 at batch 64 and above.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from companion.attacks import AttackConfig, symmetric_kl, pgd
+from companion.models import ConvVAE, VAEConfig
+
+STEPS, REPEATS = 20, 5
+
+
+def encoder_pass(model: ConvVAE, x: torch.Tensor) -> None:
+    x = x.detach().requires_grad_(True)
+    q = model.encode(x)
+    torch.autograd.grad((q.mean.sum() + q.stddev.sum()), x)
+
+
+def attack(model: ConvVAE, x: torch.Tensor, steps: int) -> None:
+    with torch.no_grad():
+        q_ref = model.encode(x)
+    config = AttackConfig(radius=0.1, steps=steps, restarts=1)
+    pgd(lambda xa: symmetric_kl(model.encode(xa), q_ref), x_ref=x, config=config, generator=torch.Generator().manual_seed(0))
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = ConvVAE(VAEConfig(image_size=16, z_dim=16, channels=(32, 64))).eval().requires_grad_(False)
+    print(f"attack step / encoder forward+backward, 16×16 conv VAE, {torch.get_num_threads()} threads")
+    failed = []
+    for batch in (1, 64, 1024):
+        x = torch.rand(batch, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+        reps = REPEATS if batch < 1024 else 3
+        enc, step = [], []
+        for _ in range(reps):  # interleaved, so drift in machine load hits both alike
+            enc.append(median_time(lambda: encoder_pass(model, x), 3))
+            full = median_time(lambda: attack(model, x, STEPS), 1)
+            empty = median_time(lambda: attack(model, x, 0), 1)
+            step.append((full - empty) / STEPS)
+        e, s = statistics.median(enc), statistics.median(step)
+        ratio = s / e
+        print(f"  batch {batch:>5}: encoder pass {e * 1e3:7.2f} ms, attack step {s * 1e3:7.2f} ms, ratio {ratio:4.2f}")
+        if batch >= 64 and ratio > 1.3:
+            failed.append(batch)
+    if failed:
+        raise SystemExit(f"attack step more than 1.3× an encoder pass at batch sizes {failed}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Tests for companion.metrics: MS-SSIM settings valid for small images, and accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from companion.data import load_images
+from companion.metrics import accuracy, ms_ssim, msssim_scales
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_images(name="digits", split="test", image_size=16).images[:12]
+
+
+@pytest.mark.parametrize(("size", "scales"), [(8, 2), (16, 3), (28, 3), (32, 4), (64, 5), (256, 5)])
+def test_the_coarsest_scale_keeps_at_least_four_pixels(size: int, scales: int) -> None:
+    assert msssim_scales(size) == scales
+    assert size / 2 ** (scales - 1) >= 4
+
+
+@pytest.mark.parametrize("size", [8, 16, 28, 32])
+def test_identical_images_score_one_and_other_digits_less(size: int) -> None:
+    x = load_images(name="digits", split="test", image_size=size).images[:6]
+    torch.testing.assert_close(ms_ssim(x, x), torch.ones(6))
+    other = ms_ssim(x, x.roll(1, dims=0))
+    assert ((other >= 0) & (other < 0.9)).all(), other
+
+
+def test_more_noise_means_lower_similarity(digits: torch.Tensor) -> None:
+    signs = torch.randn(digits.shape, generator=torch.Generator().manual_seed(0)).sign()
+    scores = [ms_ssim(digits, (digits + eps * signs).clamp(0, 1)).mean().item() for eps in (0.0, 0.05, 0.1, 0.2)]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0)
+
+
+def test_ms_ssim_is_symmetric_and_never_nan(digits: torch.Tensor) -> None:
+    noise = torch.rand(digits.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ms_ssim(digits, noise), ms_ssim(noise, digits))
+    assert torch.isfinite(ms_ssim(digits, 1 - digits)).all()
+
+
+def test_bad_images_are_rejected(digits: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        ms_ssim(digits, digits[:3])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ms_ssim(digits * 255, digits)
+    with pytest.raises(ValueError, match="at least 8"):
+        ms_ssim(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4))
+
+
+def test_accuracy_counts_arg_max_hits() -> None:
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, -1.0], [0.0, 0.1]])
+    assert accuracy(logits, torch.tensor([0, 1, 1, 1])).item() == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="4 predictions for 3 labels"):
+        accuracy(logits, torch.tensor([0, 1, 1]))
+
+
+def test_attack_report_is_neutral_for_an_unchanged_input_and_reacts_to_a_change(digits: torch.Tensor) -> None:
+    from companion.metrics import attack_report
+    from companion.models import ConvVAE, VAEConfig
+
+    torch.manual_seed(0)
+    model = ConvVAE(VAEConfig(image_size=16, z_dim=4, channels=(8, 16)))
+    same = attack_report(model, x_ref=digits, x_adv=digits.clone())
+    torch.testing.assert_close(same.input_ms_ssim, torch.ones(len(digits)))
+    torch.testing.assert_close(same.recon_ms_ssim, torch.ones(len(digits)))
+    assert same.skl.abs().max() < 1e-4 and same.latent_distance.max() < 1e-5
+    moved = attack_report(model, x_ref=digits, x_adv=digits.roll(1, dims=0))
+    assert (moved.skl > 0).all() and (moved.input_ms_ssim < 1).all()
