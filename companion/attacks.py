@@ -248,7 +248,11 @@ def _frozen(module: torch.nn.Module) -> Iterator[None]:
 
 def _repeat(q, times: int):
     """A posterior with batch (B,) repeated restart-major to (times·B,)."""
-    return [Independent(Normal(g.mean.repeat(times, 1), g.stddev.repeat(times, 1)), 1) for g in diagonal_gaussians(q)]
+    out = []
+    for g in diagonal_gaussians(q):
+        reps = (times, *[1] * (g.mean.dim() - 1))
+        out.append(Independent(Normal(g.mean.repeat(reps), g.stddev.repeat(reps)), g.reinterpreted_batch_ndims))
+    return out
 
 
 def unsupervised_attack(model, x_ref: torch.Tensor, *, config: AttackConfig, generator: torch.Generator | None = None) -> AttackResult:
