@@ -73,7 +73,9 @@ def _mlp(d_in: int, d_out: int, width: int) -> nn.Sequential:
 
 
 def _gaussian(mean: torch.Tensor, std: torch.Tensor) -> Independent:
-    return Independent(Normal(mean, std), 1)
+    # no argument validation: a sampler far out in the tails may produce non-finite
+    # parameters, and must get a non-finite density to reject rather than an exception
+    return Independent(Normal(mean, std, validate_args=False), 1, validate_args=False)
 
 
 class HierarchicalVAE(nn.Module):

@@ -1,0 +1,114 @@
+"""The HMC defence (Kuzina, Welling & Tomczak, 2022, algorithm 1).
+
+An attack fools the encoder q_φ(z | x), not the model's true posterior
+p_θ(z | x) ∝ p(z) p_θ(x | z). The defence starts every chain at z⁰ ~ q_φ(z | x) and runs T
+HMC transitions targeting ln p(z) + ln p_θ(x | z); the codes z^(T) are then decoded or
+classified instead of the encoder's. It needs nothing from the model but ``encode`` and
+``log_joint``, so single-layer and hierarchical VAEs are defended alike.
+
+``backend="torch"`` runs :mod:`companion.hmc.torch`; the backend is the only thing a
+caller changes (the NumPyro backend of issue 5 is not written yet).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from companion.data import check_images
+from companion.hmc import torch as hmc_torch
+
+__all__ = ["DefenceResult", "BACKENDS", "refine_posterior"]
+
+BACKENDS = ("torch",)
+
+
+class DefenceResult(NamedTuple):
+    """Codes after T transitions and what the chains did.
+
+    Attributes:
+        z: (B, z_dim) the codes z^(T), one chain per input.
+        z_start: (B, z_dim) the encoder's samples the chains started from.
+        step_size: (B,) per-chain step sizes (adapted during warm-up, then frozen).
+        acceptance_rate: (B,) mean acceptance probability over the T transitions.
+        energy_error: (B,) mean |ΔH| over the T transitions, in nats.
+        divergences: (B,) number of divergent transitions.
+    """
+
+    z: torch.Tensor
+    z_start: torch.Tensor
+    step_size: torch.Tensor
+    acceptance_rate: torch.Tensor
+    energy_error: torch.Tensor
+    divergences: torch.Tensor
+
+
+def refine_posterior(
+    model,
+    x: torch.Tensor,
+    *,
+    steps: int,
+    num_leapfrog: int = 10,
+    num_warmup: int = 0,
+    step_size: float = 0.05,
+    backend: str = "torch",
+    generator: torch.Generator | None = None,
+) -> DefenceResult:
+    """Run T HMC transitions on ln p(z) + ln p(x | z) from z ~ q(z | x), one chain per input.
+
+    Args:
+        model: a VAE with ``encode`` and ``log_joint`` (its parameters are not changed).
+        x: (B, C, H, W) inputs in [0, 1], possibly attacked.
+        steps: T, the HMC transitions kept (0 returns the encoder's samples).
+        num_leapfrog: leapfrog steps per transition.
+        num_warmup: extra transitions before the T that adapt each chain's step size
+            (dual averaging); 0 keeps ``step_size`` for all chains.
+        step_size: initial (or, without warm-up, fixed) leapfrog step size.
+        backend: one of :data:`BACKENDS` (``torch``).
+        generator: torch generator of the start codes and of the chains.
+
+    Raises:
+        ValueError: T < 0, non-finite or out-of-range inputs, a model without an encoder,
+            or an unknown backend.
+    """
+    if steps < 0 or num_warmup < 0:
+        raise ValueError(f"steps (T) and num_warmup must be >= 0, got {steps} and {num_warmup}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if not hasattr(model, "encode") or not hasattr(model, "log_joint"):
+        raise ValueError(f"{type(model).__name__} needs encode and log_joint to be defended by HMC")
+    if not torch.isfinite(x).all():
+        raise ValueError("inputs must be finite; got NaN or infinite pixels")
+    check_images(x, shape=tuple(model.image_shape))
+    with torch.no_grad():
+        q = model.encode(x)
+        z0 = _sample_start(q, generator)
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        result = hmc_torch.run_chains(
+            z0, logdensity_fn=lambda z: model.log_joint(z, x), num_warmup=num_warmup, num_transitions=steps,
+            num_steps=num_leapfrog, initial_step_size=step_size, generator=generator,
+        )
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+    info = result.info
+    mean_or_nan = (lambda t: t.float().mean(0)) if steps else (lambda t: torch.full(z0.shape[:1], float("nan")))
+    return DefenceResult(
+        z=result.state.position,
+        z_start=z0,
+        step_size=result.step_size,
+        acceptance_rate=mean_or_nan(info.acceptance_rate),
+        energy_error=mean_or_nan(info.energy_error.abs()),
+        divergences=info.divergent.sum(0) if steps else torch.zeros(z0.shape[0], dtype=torch.long),
+    )
+
+
+def _sample_start(q, generator: torch.Generator | None) -> torch.Tensor:
+    """z⁰ ~ q(z | x): the encoder's sample, drawn with ``generator`` where the posterior allows."""
+    if generator is not None and hasattr(q, "base_dist"):
+        noise = torch.randn(q.mean.shape, generator=generator, dtype=q.mean.dtype, device=q.mean.device)
+        return q.mean + q.stddev * noise
+    return q.sample()
