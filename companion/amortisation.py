@@ -18,6 +18,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal
 import torch.nn.functional as F
 
+from companion.frozen import frozen
 from companion.objectives import elbo
 from companion.progress import progress_bar
 
@@ -55,18 +56,11 @@ def fit_local_posteriors(
     # softplus⁻¹(s) so that softplus keeps the scale positive during optimisation
     raw = torch.log(torch.expm1(init.stddev.detach().clamp_min(1e-6))).requires_grad_(True)
     optimiser = torch.optim.Adam([mean, raw], lr=lr)
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    with frozen(model):
         for _ in progress_bar(range(steps), desc="local ELBO", enabled=progress):
             q = Independent(Normal(mean, F.softplus(raw)), 1)
             loss = -elbo(model=model, x=x, posterior=q, n_samples=n_samples).elbo.sum()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
     return Independent(Normal(mean.detach(), F.softplus(raw.detach())), 1)

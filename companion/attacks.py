@@ -19,8 +19,7 @@ codes that q(z|x^a) puts where q(z|x^r) has none, and the reverse.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,6 +27,7 @@ import torch
 from torch.distributions import Independent, Normal
 
 from companion.data import check_images
+from companion.frozen import frozen
 
 __all__ = [
     "AttackConfig",
@@ -233,19 +233,6 @@ def _check_model_input(model, x: torch.Tensor) -> None:
     check_images(x, shape=tuple(model.image_shape))
 
 
-@contextmanager
-def _frozen(module: torch.nn.Module) -> Iterator[None]:
-    """Turn off the module's parameter gradients for the duration (attacks need only ∂/∂x)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
-
-
 def _repeat(q, times: int):
     """A posterior with batch (B,) repeated restart-major to (times·B,)."""
     out = []
@@ -260,7 +247,7 @@ def unsupervised_attack(model, x_ref: torch.Tensor, *, config: AttackConfig, gen
     _check_model_input(model, x_ref)
     with torch.no_grad():
         q_ref = _repeat(model.encode(x_ref), config.restarts)
-    with _frozen(model):
+    with frozen(model):
         return pgd(lambda x: symmetric_kl(model.encode(x), q_ref), x_ref=x_ref, config=config, generator=generator)
 
 
@@ -274,7 +261,7 @@ def supervised_attack(
         raise ValueError(f"one target per reference: shapes {tuple(x_target.shape)} and {tuple(x_ref.shape)}")
     with torch.no_grad():
         q_target = _repeat(model.encode(x_target), config.restarts)
-    with _frozen(model):
+    with frozen(model):
         return pgd(lambda x: -symmetric_kl(model.encode(x), q_target), x_ref=x_ref, config=config, generator=generator)
 
 
@@ -288,7 +275,7 @@ def classifier_attack(
         raise ValueError(f"one label per reference: labels {tuple(labels.shape)} for {x_ref.shape[0]} references")
     y = labels.repeat(config.restarts)
     loss = torch.nn.CrossEntropyLoss(reduction="none")
-    with _frozen(model), _frozen(classifier):
+    with frozen(model, classifier):
         return pgd(lambda x: loss(classifier(model.encode(x).mean), y), x_ref=x_ref, config=config, generator=generator)
 
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from companion.data import check_images
+from companion.frozen import frozen
 from companion.hmc import torch as hmc_torch
 
 __all__ = ["DefenceResult", "BACKENDS", "refine_posterior"]
@@ -84,16 +85,11 @@ def refine_posterior(
     with torch.no_grad():
         q = model.encode(x)
         z0 = _sample_start(q, generator)
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
+    with frozen(model):
         result = hmc_torch.run_chains(
             z0, logdensity_fn=lambda z: model.log_joint(z, x), num_warmup=num_warmup, num_transitions=steps,
             num_steps=num_leapfrog, initial_step_size=step_size, generator=generator,
         )
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
     info = result.info
     mean_or_nan = (lambda t: t.float().mean(0)) if steps else (lambda t: torch.full(z0.shape[:1], float("nan")))
     return DefenceResult(
