@@ -22,7 +22,7 @@ from companion.frozen import frozen
 from companion.objectives import elbo
 from companion.progress import progress_bar
 
-__all__ = ["fit_local_posteriors"]
+__all__ = ["fit_local_posteriors", "fit_amortised_encoder"]
 
 
 def fit_local_posteriors(
@@ -64,3 +64,48 @@ def fit_local_posteriors(
             loss.backward()
             optimiser.step()
     return Independent(Normal(mean.detach(), F.softplus(raw.detach())), 1)
+
+
+def fit_amortised_encoder(
+    *,
+    model,
+    encoder: torch.nn.Module,
+    x: torch.Tensor,
+    steps: int,
+    lr: float = 0.05,
+    batch_size: int = 256,
+    n_samples: int = 8,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
+) -> torch.nn.Module:
+    """Train an amortised encoder q_φ(z|x) by maximising the ELBO of a fixed model.
+
+    Adam with a cosine learning-rate decay over ``steps`` minibatches drawn with
+    replacement from ``x``. The model's parameters are not changed; the encoder is trained
+    in place and returned.
+
+    Args:
+        model: a model with ``prior`` and ``decode``.
+        encoder: maps a batch of x to q(z|x) with batch shape (B,).
+        x: training data, shape (N, ...).
+        steps: Adam steps (>= 1).
+        lr: initial learning rate.
+        batch_size: examples per step (at most N).
+        n_samples: reparameterised samples per example per step.
+        generator: torch generator of the minibatches.
+        progress: show a progress bar (default: see :mod:`companion.progress`).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    batch_size = min(batch_size, len(x))
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    with frozen(model):
+        for _ in progress_bar(range(steps), desc="encoder ELBO", enabled=progress):
+            batch = x[torch.randint(len(x), (batch_size,), generator=generator, device=x.device)]
+            loss = -elbo(model=model, x=batch, posterior=encoder(batch), n_samples=n_samples).elbo.mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+    return encoder

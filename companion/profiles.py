@@ -26,6 +26,8 @@ __all__ = [
     "VAESettings",
     "HVAESettings",
     "AttackSettings",
+    "TVBoundSettings",
+    "DefenceSettings",
     "Profile",
     "QUICK",
     "FULL",
@@ -166,6 +168,61 @@ class AttackSettings:
 
 
 @dataclass(frozen=True)
+class TVBoundSettings:
+    """Chapter 5: every term of the TV bound on the linear-Gaussian model of chapter 1.
+
+    Attributes:
+        many_points: training points of the well-trained encoder.
+        few_points: training points of the few-shot encoder (fewer than the input
+            dimensions, so it has never seen most input directions vary).
+        encoder_steps: Adam steps of each encoder's ELBO fit.
+        n_references: references x^r (training points of both encoders, so at most
+            ``few_points``).
+        radii: L2 attack radii δ.
+        radius: the radius of the plots against t.
+        steps: T, the largest number of HMC transitions.
+        integration_time: τ per transition (leapfrog steps × step size).
+        num_leapfrog: leapfrog steps per transition of the sampler checked against the
+            exact law.
+        check_chains: chains per reference in that check.
+        num_samples: Monte Carlo draws per estimate of the left side.
+    """
+
+    many_points: int = 2_000
+    few_points: int = 5
+    encoder_steps: int = 500
+    n_references: int = 5
+    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    radius: float = 0.5
+    steps: int = 100
+    integration_time: float = 0.05
+    num_leapfrog: int = 5
+    check_chains: int = 1_000
+    num_samples: int = 20_000
+
+
+@dataclass(frozen=True)
+class DefenceSettings:
+    """Chapter 6: the HMC defence on the attacked references of chapter 4.
+
+    Attributes:
+        radius: L∞ attack radius δ (one of ``attack.radii``).
+        steps_grid: numbers of HMC transitions T compared.
+        num_leapfrog: leapfrog steps per transition.
+        num_warmup: step-size adaptation transitions before the T that count.
+        step_size: initial leapfrog step size.
+        clean_drop: the most clean-input reconstruction MS-SSIM may fall at the largest T.
+    """
+
+    radius: float = 0.2
+    steps_grid: tuple[int, ...] = (0, 10, 50, 100, 200)
+    num_leapfrog: int = 10
+    num_warmup: int = 50
+    step_size: float = 0.05
+    clean_drop: float = 0.05
+
+
+@dataclass(frozen=True)
 class Profile:
     """All settings of one profile.
 
@@ -178,6 +235,8 @@ class Profile:
             gives its hierarchical VAE too).
         hvae: chapter 3 settings.
         attack: chapter 4 settings.
+        tv_bound: chapter 5 settings.
+        defence: chapter 6 settings.
     """
 
     name: str
@@ -187,6 +246,8 @@ class Profile:
     vae: VAESettings
     hvae: HVAESettings
     attack: AttackSettings
+    tv_bound: TVBoundSettings
+    defence: DefenceSettings
 
 
 QUICK = Profile(
@@ -197,6 +258,8 @@ QUICK = Profile(
     vae=VAESettings(),
     hvae=HVAESettings(),
     attack=AttackSettings(),
+    tv_bound=TVBoundSettings(),
+    defence=DefenceSettings(),
 )
 
 FULL = Profile(
@@ -225,6 +288,8 @@ FULL = Profile(
     attack=AttackSettings(
         per_class=100, steps=100, restarts=5, step_grid=(1, 5, 20, 50, 100, 200), restart_grid=(1, 5, 10)
     ),
+    tv_bound=TVBoundSettings(),
+    defence=DefenceSettings(steps_grid=(0, 10, 50, 100, 500), num_warmup=100),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, FULL)}

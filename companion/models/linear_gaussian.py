@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
-__all__ = ["LinearGaussian", "DiagonalLinearEncoder", "fit_ppca"]
+__all__ = ["LinearGaussian", "DiagonalLinearEncoder", "as_multivariate", "fit_ppca"]
 
 
 class LinearGaussian(nn.Module):
@@ -104,7 +104,7 @@ class LinearGaussian(nn.Module):
         This is the ELBO's gap: ln p(x) − ELBO(q) = KL[q ‖ p(z | x)]. ``q`` may be a
         diagonal ``Independent(Normal)`` or a ``MultivariateNormal``.
         """
-        return kl_divergence(_as_multivariate(q), self.posterior(x))
+        return kl_divergence(as_multivariate(q), self.posterior(x))
 
     def mean_field_gap(self) -> torch.Tensor:
         """min over diagonal Gaussians q of KL[q ‖ p(z | x)], the same for every x (nats).
@@ -144,7 +144,7 @@ class DiagonalLinearEncoder(nn.Module):
         return Independent(Normal(mean, self.log_std.exp().expand_as(mean)), 1)
 
 
-def _as_multivariate(q: Distribution) -> MultivariateNormal:
+def as_multivariate(q: Distribution) -> MultivariateNormal:
     """A diagonal ``Independent(Normal)`` as the equal ``MultivariateNormal``."""
     if isinstance(q, MultivariateNormal):
         return q
