@@ -26,7 +26,10 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 
 from companion.data import check_images
 
-__all__ = ["MSSSIM_WEIGHTS", "msssim_scales", "ms_ssim", "accuracy", "AttackReport", "attack_report"]
+__all__ = [
+    "MSSSIM_WEIGHTS", "msssim_scales", "ms_ssim", "accuracy", "AttackReport", "attack_report", "CodeReport",
+    "code_report", "log_posterior_ratio",
+]
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _WINDOW = 3
@@ -102,3 +105,43 @@ def attack_report(model, *, x_ref: torch.Tensor, x_adv: torch.Tensor) -> AttackR
         skl=symmetric_kl(q_adv, q_ref),
         latent_distance=(q_adv.mean - q_ref.mean).norm(dim=-1),
     )
+
+
+class CodeReport(NamedTuple):
+    """What codes z for attacked (or clean) inputs give downstream, all of shape (B,).
+
+    Attributes:
+        recon_ms_ssim: MS-SSIM between the mean image of p(x | z) and the reconstruction of
+            the clean reference (high: the code still describes the reference).
+        correct: whether the latent classifier names the reference's label from z.
+    """
+
+    recon_ms_ssim: torch.Tensor
+    correct: torch.Tensor
+
+
+@torch.no_grad()
+def code_report(model, classifier, *, z: torch.Tensor, x_ref: torch.Tensor, y_ref: torch.Tensor) -> CodeReport:
+    """Decode and classify codes z (B, z_dim) that stand for the references x_ref (B, C, H, W).
+
+    This is how the defence is scored: z may be the encoder's code for an attacked input or
+    the code after T HMC transitions; the yardsticks are the clean reconstruction and label.
+    """
+    if len(z) != len(x_ref) or len(z) != len(y_ref):
+        raise ValueError(f"{len(z)} codes for {len(x_ref)} references and {len(y_ref)} labels")
+    decoded = model.decode(z).mean.clamp(0, 1)
+    return CodeReport(
+        recon_ms_ssim=ms_ssim(decoded, model.reconstruct(x_ref).clamp(0, 1)),
+        correct=classifier(z).argmax(-1) == y_ref,
+    )
+
+
+@torch.no_grad()
+def log_posterior_ratio(model, *, z1: torch.Tensor, z2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ln PR(z1, z2) = ln p(z1 | x) − ln p(z2 | x) = ln p(x, z1) − ln p(x, z2), (B,) nats.
+
+    The evidence ln p(x) cancels, so any model with ``log_joint`` gives the exact ratio
+    (Kuzina et al., 2022, section 5). Large values: z2 is far less plausible than z1 as a
+    code of x.
+    """
+    return model.log_joint(z1, x) - model.log_joint(z2, x)

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Independent, Normal
 
 from companion.data import load_images
-from companion.defence import refine_posterior
+from companion.defence import defence_curve, refine_posterior
 from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, LinearGaussian, VAEConfig
 
 
@@ -103,3 +103,26 @@ def test_bad_inputs_and_models_are_rejected(x: torch.Tensor) -> None:
     no_encoder = LinearGaussian.random(x_dim=4, z_dim=2, noise_std=1.0)
     with pytest.raises(ValueError, match="encode and log_joint"):
         refine_posterior(no_encoder, torch.rand(2, 4), steps=1)
+
+
+def test_the_curve_reads_one_chain_at_every_T_and_matches_separate_runs(x: torch.Tensor) -> None:
+    model = _vae()
+    curve = defence_curve(model, x, steps_grid=[5, 0, 2], num_warmup=3, generator=torch.Generator().manual_seed(4))
+    assert sorted(curve) == [0, 2, 5]
+    torch.testing.assert_close(curve[0].z, curve[0].z_start)  # T = 0: the encoder alone
+    assert curve[0].acceptance_rate.isnan().all()
+    for t in (2, 5):
+        alone = refine_posterior(model, x, steps=t, num_warmup=3, generator=torch.Generator().manual_seed(4))
+        torch.testing.assert_close(curve[t].z, alone.z)
+        torch.testing.assert_close(curve[t].step_size, alone.step_size)
+        torch.testing.assert_close(curve[t].acceptance_rate, alone.acceptance_rate)
+    assert not torch.equal(curve[2].z, curve[5].z)
+
+
+def test_the_curve_rejects_what_refine_posterior_rejects(x: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="steps"):
+        defence_curve(_vae(), x, steps_grid=[0, -1])
+    with pytest.raises(ValueError, match="steps"):
+        defence_curve(_vae(), x, steps_grid=[])
+    with pytest.raises(ValueError, match="unknown backend"):
+        defence_curve(_vae(), x, steps_grid=[1], backend="stan")

@@ -68,3 +68,32 @@ def test_attack_report_is_neutral_for_an_unchanged_input_and_reacts_to_a_change(
     assert same.skl.abs().max() < 1e-4 and same.latent_distance.max() < 1e-5
     moved = attack_report(model, x_ref=digits, x_adv=digits.roll(1, dims=0))
     assert (moved.skl > 0).all() and (moved.input_ms_ssim < 1).all()
+
+
+def test_code_report_scores_the_encoders_mean_as_perfect_and_a_wrong_code_lower(digits: torch.Tensor) -> None:
+    from companion.metrics import code_report
+    from companion.models import ConvVAE, VAEConfig
+
+    torch.manual_seed(0)
+    model = ConvVAE(VAEConfig(image_size=16, z_dim=4, channels=(8, 16)))
+    classifier = torch.nn.Linear(4, 10)
+    z = model.encode(digits).mean.detach()
+    labels = classifier(z).argmax(-1)
+    own = code_report(model, classifier, z=z, x_ref=digits, y_ref=labels)
+    torch.testing.assert_close(own.recon_ms_ssim, torch.ones(len(digits)))
+    assert own.correct.all()
+    far = code_report(model, classifier, z=z + 5 * torch.randn_like(z), x_ref=digits, y_ref=labels)
+    assert far.recon_ms_ssim.mean() < 1 and not far.correct.all()
+    with pytest.raises(ValueError, match="codes for"):
+        code_report(model, classifier, z=z[:3], x_ref=digits, y_ref=labels)
+
+
+def test_log_posterior_ratio_is_exact_on_the_linear_gaussian_model() -> None:
+    from companion.metrics import log_posterior_ratio
+    from companion.models import LinearGaussian
+
+    model = LinearGaussian.random(x_dim=5, z_dim=2, noise_std=0.5, generator=torch.Generator().manual_seed(0))
+    x, _ = model.sample(4, generator=torch.Generator().manual_seed(1))
+    z1, z2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    posterior = model.posterior(x)
+    torch.testing.assert_close(log_posterior_ratio(model, z1=z1, z2=z2, x=x), posterior.log_prob(z1) - posterior.log_prob(z2))
