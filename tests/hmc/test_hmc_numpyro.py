@@ -19,6 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 from companion.hmc import numpyro as hmc_numpyro  # noqa: E402
 from companion.hmc.jax_models import SUPPORTED_MODELS, port  # noqa: E402
 from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, LinearGaussian, VAEConfig  # noqa: E402
+from gaussian_checks import assert_matches_gaussian  # noqa: E402
 
 
 def _models(dtype: torch.dtype) -> dict[str, torch.nn.Module]:
@@ -84,17 +85,6 @@ def _linear_gaussian_setup(chains: int):
     x, _ = model.sample(1, generator=g)
     start = torch.randn(chains, 3, dtype=torch.float64, generator=g)
     return model, x, start
-
-
-def assert_matches_gaussian(z: np.ndarray, mean: np.ndarray, cov: np.ndarray, *, k: float = 5.0) -> None:
-    """Sample mean and covariance of n independent draws z (n, d) within k Monte Carlo
-    standard errors of N(mean, cov): SE(mean_i) = √(Σ_ii / n), SE(S_ij) = √((Σ_ii Σ_jj + Σ_ij²) / n)
-    (the variance of a Gaussian sample covariance entry)."""
-    n = len(z)
-    se_mean = np.sqrt(np.diag(cov) / n)
-    se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)
-    assert (np.abs(z.mean(0) - mean) < k * se_mean).all(), (z.mean(0), mean, se_mean)
-    assert (np.abs(np.cov(z.T) - cov) < k * se_cov).all(), (np.cov(z.T), cov, se_cov)
 
 
 @pytest.mark.parametrize("algorithm", ["hmc", "nuts"])
