@@ -1,7 +1,8 @@
 # Two commands for a fresh machine:
 #   make book   create .venv, install, execute every chapter (quick profile), HTML in _build/html
 #   make test   create .venv, install, unit tests, nbval over every chapter, HTML build with -W
-# Everything installs through constraints.txt (exact pins: torch==2.13.0 and the rest).
+# Everything installs through constraints.txt (exact pins: torch==2.13.0, jax==0.10.2 with
+# numpyro==0.22.0, and the rest), with the NumPyro backend that chapter 6 runs.
 
 PYTHON   ?= python3
 VENV     := .venv
@@ -18,7 +19,7 @@ BOOK_ENV := COMPANION_PROFILE=quick COMPANION_PROGRESS=0
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,numpyro,bench]"
 	touch $@
 
 book: $(STAMP)
@@ -46,7 +47,7 @@ bench: $(STAMP)
 # Re-pin after changing dependencies: installs the lower bounds' newest versions, freezes.
 constraints:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/python -m pip install --quiet torch==2.13.0 -e ".[book,test]"
+	.venv-pin/bin/python -m pip install --quiet torch==2.13.0 numpyro==0.22.0 jax==0.10.2 -e ".[book,test,numpyro,bench]"
 	{ head -2 constraints.txt; .venv-pin/bin/python -m pip freeze | grep -v -e '^-e' -e '^companion' | sed 's/+cpu//'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .venv-pin
 

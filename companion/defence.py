@@ -6,8 +6,12 @@ HMC transitions targeting ln p(z) + ln p_θ(x | z); the codes z^(T) are then dec
 classified instead of the encoder's. It needs nothing from the model but ``encode`` and
 ``log_joint``, so single-layer and hierarchical VAEs are defended alike.
 
-``backend="torch"`` runs :mod:`companion.hmc.torch`; the backend is the only thing a
-caller changes (the NumPyro backend of issue 5 is not written yet).
+``backend="torch"`` runs :mod:`companion.hmc.torch`; ``backend="numpyro"`` runs NumPyro's
+HMC kernel on a JAX port of the model (:mod:`companion.hmc.numpyro`, which imports JAX
+only when asked for). The backend is the only thing a caller changes: both start from
+the same codes z⁰ (drawn by PyTorch with ``generator``), run the same algorithm (unit
+mass, per-chain dual averaging to the same target during warm-up, fixed leapfrog count)
+and return the same :class:`DefenceResult`, as PyTorch tensors on the input's device.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from companion.data import check_images
@@ -23,7 +28,7 @@ from companion.hmc import torch as hmc_torch
 
 __all__ = ["DefenceResult", "BACKENDS", "refine_posterior", "defence_curve"]
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "numpyro")
 
 
 class DefenceResult(NamedTuple):
@@ -67,32 +72,42 @@ def refine_posterior(
         num_warmup: extra transitions before the T that adapt each chain's step size
             (dual averaging); 0 keeps ``step_size`` for all chains.
         step_size: initial (or, without warm-up, fixed) leapfrog step size.
-        backend: one of :data:`BACKENDS` (``torch``).
-        generator: torch generator of the start codes and of the chains.
+        backend: one of :data:`BACKENDS`. ``numpyro`` needs ``pip install "companion[numpyro]"``;
+            its first call for a given model architecture, batch size and settings compiles
+            (seconds), later calls reuse the compiled program.
+        generator: torch generator of the start codes and of the chains (the NumPyro
+            backend seeds its JAX key from it, so seeded runs repeat exactly).
 
     Raises:
         ValueError: T < 0, non-finite or out-of-range inputs, a model without an encoder,
             or an unknown backend.
+        ImportError: ``backend="numpyro"`` without JAX and NumPyro installed.
+        TypeError: ``backend="numpyro"`` with a model it has no JAX port of.
     """
     _check_request(model, x, steps=[steps], num_warmup=num_warmup, backend=backend)
     with torch.no_grad():
         q = model.encode(x)
         z0 = _sample_start(q, generator)
-    with frozen(model):
-        result = hmc_torch.run_chains(
-            z0, logdensity_fn=lambda z: model.log_joint(z, x), num_warmup=num_warmup, num_transitions=steps,
-            num_steps=num_leapfrog, initial_step_size=step_size, generator=generator,
-        )
-    info = result.info
-    mean_or_nan = (lambda t: t.float().mean(0)) if steps else (lambda t: torch.full(z0.shape[:1], float("nan")))
-    return DefenceResult(
-        z=result.state.position,
-        z_start=z0,
-        step_size=result.step_size,
-        acceptance_rate=mean_or_nan(info.acceptance_rate),
-        energy_error=mean_or_nan(info.energy_error.abs()),
-        divergences=info.divergent.sum(0) if steps else torch.zeros(z0.shape[0], dtype=torch.long),
-    )
+    settings = dict(num_warmup=num_warmup, num_transitions=steps, num_steps=num_leapfrog, initial_step_size=step_size)
+    if backend == "torch":
+        with frozen(model):
+            result = hmc_torch.run_chains(z0, logdensity_fn=lambda z: model.log_joint(z, x), generator=generator,
+                                          **settings)
+        z, step_sizes, info = result.state.position, result.step_size, result.info
+    else:
+        from companion.hmc import numpyro as hmc_numpyro  # imports JAX: only when asked for
+
+        result = hmc_numpyro.run_model_chains(model, x, z0, seed=_jax_seed(generator, z0.device), **settings)
+        as_torch = lambda a, dtype=z0.dtype: torch.from_numpy(np.array(a)).to(device=z0.device, dtype=dtype)  # noqa: E731
+        z, step_sizes = as_torch(result.position), as_torch(result.step_size)
+        info = hmc_numpyro.TransitionInfo(*(as_torch(f, dtype=None) for f in result.info))
+    return _summarise(z, z0, step_sizes, info if steps else None)
+
+
+def _jax_seed(generator: torch.Generator | None, device: torch.device) -> int:
+    """A JAX seed drawn from ``generator`` (the global torch generator when None)."""
+    device = generator.device if generator is not None else device
+    return int(torch.randint(2**31 - 1, (1,), generator=generator, device=device))
 
 
 def _sample_start(q, generator: torch.Generator | None) -> torch.Tensor:
@@ -144,7 +159,7 @@ def defence_curve(
         z0 = _sample_start(model.encode(x), generator)
     results = {}
     if grid[0] == 0:
-        results[0] = _summarise(z0, z0, torch.full(z0.shape[:1], float("nan"), dtype=z0.dtype, device=z0.device), [])
+        results[0] = _summarise(z0, z0, torch.full(z0.shape[:1], float("nan"), dtype=z0.dtype, device=z0.device), None)
     if grid[-1] == 0:
         return results
     logdensity_fn = lambda z: model.log_joint(z, x)  # noqa: E731
@@ -159,22 +174,22 @@ def defence_curve(
                                          num_steps=num_leapfrog, generator=generator)
             infos.append(info)
             if t in grid:
-                results[t] = _summarise(state.position.detach(), z0, warm.step_size, infos)
+                stacked = hmc_torch.HMCInfo(*(torch.stack(f) for f in zip(*infos)))
+                results[t] = _summarise(state.position.detach(), z0, warm.step_size, stacked)
     return results
 
 
-def _summarise(z: torch.Tensor, z0: torch.Tensor, step_size: torch.Tensor, infos: list) -> DefenceResult:
-    """A :class:`DefenceResult` from the per-transition diagnostics so far (none for T = 0)."""
-    if not infos:
+def _summarise(z: torch.Tensor, z0: torch.Tensor, step_size: torch.Tensor, info) -> DefenceResult:
+    """A :class:`DefenceResult` from per-transition diagnostics with fields (T, C) (None for T = 0)."""
+    if info is None:
         nan = torch.full(z0.shape[:1], float("nan"), dtype=z0.dtype, device=z0.device)
         return DefenceResult(z=z, z_start=z0, step_size=step_size, acceptance_rate=nan, energy_error=nan,
                              divergences=torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device))
-    stacked = hmc_torch.HMCInfo(*(torch.stack(f) for f in zip(*infos)))
     return DefenceResult(
         z=z, z_start=z0, step_size=step_size,
-        acceptance_rate=stacked.acceptance_rate.float().mean(0),
-        energy_error=stacked.energy_error.abs().mean(0),
-        divergences=stacked.divergent.sum(0),
+        acceptance_rate=info.acceptance_rate.to(z0.dtype).mean(0),
+        energy_error=info.energy_error.abs().to(z0.dtype).mean(0),
+        divergences=info.divergent.sum(0),
     )
 
 

@@ -1,0 +1,152 @@
+"""One leapfrog step of each HMC sampler against one decoder forward + input-gradient
+backward, side by side.
+
+A leapfrog step cannot cost less than one evaluation of ∇_z [ln p(z) + ln p(x | z)]:
+the reference is PyTorch's ``model.log_joint`` value and gradient with respect to z at
+batch B (eager). Each sampler's step is measured inside its own loop as
+(run with S transitions − run with 0 transitions) / (S · L) with L leapfrog steps per
+transition and no warm-up, which removes start-up, conversion and (for JAX) compilation;
+all variants are timed interleaved in one run at batch sizes 1, 64 and 1024 (one chain
+per input) on chapter 2's 16×16 conv VAE (z = 16):
+
+* ``torch``: :func:`companion.hmc.torch.run_chains` (eager), as ``refine_posterior`` runs it;
+* ``numpyro``: :func:`companion.hmc.numpyro.run_chains` on the JAX port (jitted, vmapped);
+* ``blackjax``: the peer, BlackJAX's HMC kernel vmapped over chains on the same JAX port
+  in a jitted ``lax.scan`` (the same work: unit mass, fixed step size, L steps).
+
+``jax value+grad`` (the port's jitted value and gradient at batch B) is timed too: the
+JAX samplers' own floor, and how fast XLA runs the same network as PyTorch here.
+
+Both frameworks run on one core each (torch.set_num_threads(1), XLA's Eigen pool off):
+on a shared 2-core machine two runtimes' intra-op thread pools spin against each other
+and against other processes (PyTorch's batch-1 value+grad went from 0.5 ms to 200 ms).
+
+Targets (issue 5), checked at batch ≥ 64: the torch backend's step at most 1.5× the
+reference; the NumPyro backend's at most 2× the torch backend's; the NumPyro backend on a
+par with BlackJAX, the same XLA work plus NumPyro's bookkeeping (at most 1.25×; measured
+0.91-1.16× on a loaded 2-core machine). The torch backend is not
+compared with BlackJAX as a target: on this CPU XLA runs this decoder's value+grad
+several times faster than eager PyTorch (``jax value+grad`` vs ``reference``), a
+framework difference no sampler can make up; its overhead over its own value+grad is
+the reference ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+import jax  # noqa: E402 (after XLA_FLAGS)
+import jax.numpy as jnp  # noqa: E402
+import blackjax  # noqa: E402
+import torch  # noqa: E402
+
+from companion.hmc import numpyro as hmc_numpyro  # noqa: E402
+from companion.hmc import torch as hmc_torch  # noqa: E402
+from companion.models import ConvVAE, VAEConfig  # noqa: E402
+
+LEAPFROG, STEP_SIZE, REPEATS = 10, 0.05, 5
+
+
+def median_time(fn, repeats: int = 1) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_reference(model: ConvVAE, z: torch.Tensor, x: torch.Tensor) -> None:
+    zz = z.detach().requires_grad_(True)
+    torch.autograd.grad(model.log_joint(zz, x).sum(), zz)
+
+
+def torch_chains(model: ConvVAE, z: torch.Tensor, x: torch.Tensor, transitions: int) -> None:
+    hmc_torch.run_chains(z, logdensity_fn=lambda v: model.log_joint(v, x), num_warmup=0,
+                         num_transitions=transitions, num_steps=LEAPFROG, initial_step_size=STEP_SIZE,
+                         generator=torch.Generator().manual_seed(0))
+
+
+def numpyro_chains(ported, z: jax.Array, x: jax.Array, transitions: int) -> None:
+    result = hmc_numpyro.run_chains(ported.log_joint, ported.params, x, z, rng_key=jax.random.key(0),
+                                    num_warmup=0, num_transitions=transitions, num_steps=LEAPFROG,
+                                    initial_step_size=STEP_SIZE)
+    jax.block_until_ready(result)
+
+
+def blackjax_program(ported, transitions: int):
+    """A jitted function (z (B, d), x (B, ...)) -> final positions: vmapped BlackJAX HMC chains."""
+
+    @jax.jit
+    def run(z, x, key):
+        def chain(z0, x0, k):
+            kernel = blackjax.hmc(lambda v: ported.log_joint(ported.params, v, x0), step_size=STEP_SIZE,
+                                  inverse_mass_matrix=jnp.ones(z0.shape[-1]), num_integration_steps=LEAPFROG)
+            state, _ = jax.lax.scan(lambda s, kk: kernel.step(kk, s), kernel.init(z0),
+                                    jax.random.split(k, transitions))
+            return state.position
+
+        return jax.vmap(chain)(z, x, jax.random.split(key, z.shape[0]))
+
+    return lambda z, x: jax.block_until_ready(run(z, x, jax.random.key(0)))
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = ConvVAE(VAEConfig(image_size=16, z_dim=16, channels=(32, 64))).eval().requires_grad_(False)
+    ported = hmc_numpyro.port(model)
+    value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(ported.log_joint, argnums=1), in_axes=(None, 0, 0)))
+    print(f"µs per leapfrog step per chain; 16×16 conv VAE z=16, {LEAPFROG} leapfrog steps per transition, "
+          f"torch {torch.get_num_threads()} thread, JAX on {jax.devices()[0].platform} ({os.environ['XLA_FLAGS']})")
+    print("  ratio: / one torch log_joint value+grad at that batch; own: / that framework's value+grad")
+    rows, failed = [], []
+    for batch in (1, 64, 1024):
+        g = torch.Generator().manual_seed(1)
+        z = torch.randn(batch, 16, generator=g)
+        x = torch.rand(batch, 1, 16, 16, generator=g)
+        zj, xj = jnp.asarray(z.numpy()), jnp.asarray(x.numpy())
+        transitions = {1: 20, 64: 10, 1024: 3}[batch]
+        reps = REPEATS if batch < 1024 else 3
+        bj_full, bj_empty = blackjax_program(ported, transitions), blackjax_program(ported, 0)
+        # compile every JAX program once before timing
+        for fn in (lambda: numpyro_chains(ported, zj, xj, transitions), lambda: numpyro_chains(ported, zj, xj, 0),
+                   lambda: bj_full(zj, xj), lambda: bj_empty(zj, xj),
+                   lambda: jax.block_until_ready(value_and_grad(ported.params, zj, xj))):
+            fn()
+        per_step = lambda full, empty: (full - empty) / (transitions * LEAPFROG)  # noqa: E731
+        times: dict[str, list[float]] = {k: [] for k in ("reference", "jax value+grad", "torch", "numpyro", "blackjax")}
+        for _ in range(reps):  # interleaved, so drift in machine load hits every variant alike
+            times["reference"].append(median_time(lambda: torch_reference(model, z, x), 5))
+            times["jax value+grad"].append(median_time(
+                lambda: jax.block_until_ready(value_and_grad(ported.params, zj, xj)), 5))
+            times["torch"].append(per_step(median_time(lambda: torch_chains(model, z, x, transitions)),
+                                           median_time(lambda: torch_chains(model, z, x, 0))))
+            times["numpyro"].append(per_step(median_time(lambda: numpyro_chains(ported, zj, xj, transitions)),
+                                             median_time(lambda: numpyro_chains(ported, zj, xj, 0))))
+            times["blackjax"].append(per_step(median_time(lambda: bj_full(zj, xj)),
+                                              median_time(lambda: bj_empty(zj, xj))))
+        t = {k: statistics.median(v) for k, v in times.items()}
+        own = {"reference": "reference", "torch": "reference"}
+        for name, value in t.items():
+            rows.append((batch, name, value * 1e6 / batch, value / t["reference"],
+                         value / t[own.get(name, "jax value+grad")]))
+        if batch >= 64:
+            if t["torch"] / t["reference"] > 1.5:
+                failed.append(f"torch step {t['torch'] / t['reference']:.2f}× the reference at batch {batch}")
+            if t["numpyro"] / t["torch"] > 2.0:
+                failed.append(f"numpyro step {t['numpyro'] / t['torch']:.2f}× torch's at batch {batch}")
+            if t["numpyro"] / t["blackjax"] > 1.25:
+                failed.append(f"numpyro step {t['numpyro'] / t['blackjax']:.2f}× blackjax's at batch {batch}")
+    print(f"  {'batch':>5}  {'variant':<15} {'µs/step/chain':>14} {'ratio':>7} {'own':>6}")
+    for batch, name, us, ratio, own_ratio in rows:
+        print(f"  {batch:>5}  {name:<15} {us:>14.2f} {ratio:>7.2f} {own_ratio:>6.2f}")
+    if failed:
+        raise SystemExit("targets missed: " + "; ".join(failed))
+
+
+if __name__ == "__main__":
+    main()
