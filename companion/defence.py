@@ -111,11 +111,17 @@ def _jax_seed(generator: torch.Generator | None, device: torch.device) -> int:
 
 
 def _sample_start(q, generator: torch.Generator | None) -> torch.Tensor:
-    """z⁰ ~ q(z | x): the encoder's sample, drawn with ``generator`` where the posterior allows."""
-    if generator is not None and hasattr(q, "base_dist"):
+    """z⁰ ~ q(z | x): the encoder's sample, drawn with ``generator``.
+
+    Diagonal Gaussians are sampled here; other posteriors (the hierarchical VAE's) must take
+    a ``generator`` keyword in ``sample``, so that seeded defences repeat exactly.
+    """
+    if generator is None:
+        return q.sample()
+    if hasattr(q, "base_dist"):
         noise = torch.randn(q.mean.shape, generator=generator, dtype=q.mean.dtype, device=q.mean.device)
         return q.mean + q.stddev * noise
-    return q.sample()
+    return q.sample(generator=generator)
 
 
 def defence_curve(

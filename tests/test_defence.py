@@ -228,3 +228,13 @@ def test_importing_the_defence_does_not_import_jax() -> None:
     code = ("import sys, companion, companion.defence, companion.hmc, companion.hmc.torch, companion.models; "
             "sys.exit('jax' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_seeded_hierarchical_defence_repeats_its_start_codes(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = HierarchicalVAE(HVAEConfig(image_size=8, z_dims=(2, 3), channels=(8,), width=16))
+    runs = [refine_posterior(model, x, steps=0, generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    torch.random.manual_seed(123)  # the global generator must not matter
+    third = refine_posterior(model, x, steps=0, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(runs[0].z_start, runs[1].z_start)
+    torch.testing.assert_close(runs[0].z_start, third.z_start)

@@ -275,14 +275,20 @@ class HierarchicalPosterior:
         """q(z_l | x, z_{>l} = mean path) for every group, top first; batch (B,), event (d_l,)."""
         return self._path()[1]
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
-        """Reparameterised codes (*sample_shape, B, z_dim), drawn group by group top-down."""
-        z, _, _ = self.model.top_down(batch_shape=(*sample_shape, *self.batch_shape), feats=self.feats, mode="rsample")
+    def rsample(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Reparameterised codes (*sample_shape, B, z_dim), drawn group by group top-down
+        (with ``generator``'s noise when given, else the global generator's)."""
+        z, _, _ = self.model.top_down(batch_shape=(*sample_shape, *self.batch_shape), feats=self.feats,
+                                      mode="rsample", generator=generator)
         return z
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            return self.rsample(sample_shape, generator=generator)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """ln q(z | x) for flat codes (..., B, z_dim) -> (..., B)."""
