@@ -3,13 +3,20 @@ chapter 2's VAE or chapter 3's hierarchical VAE gets exactly the same model.
 
 Each recipe seeds the global generators itself before building the model, so the result
 does not depend on what a chapter computed before calling it (on a given machine it is
-the same model, weight for weight).
+the same model, weight for weight). Trained models are kept in the disk cache of
+:mod:`companion.cache`, keyed by the settings, the data's content and the device type, so
+chapter 4 and later load the models chapters 2 and 3 trained instead of training them again
+(``COMPANION_CACHE=0`` retrains every time).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import torch
 
+from companion.cache import cached_training
 from companion.data import ImageData
 from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, VAEConfig
 from companion.profiles import Profile, seed_everything
@@ -31,23 +38,42 @@ def training_budget(profile: Profile, **overrides) -> TrainConfig:
 def chapter2_vae(
     profile: Profile, *, train: ImageData, valid: ImageData, device: torch.device
 ) -> tuple[ConvVAE, History]:
-    """Chapter 2's convolutional VAE, trained on ``train`` with early stopping on ``valid``."""
-    seed_everything(profile.seed)
+    """Chapter 2's convolutional VAE, trained on ``train`` with early stopping on ``valid`` (cached)."""
     config = VAEConfig(image_size=profile.data.image_size, z_dim=profile.vae.z_dim, channels=profile.vae.channels)
-    model = ConvVAE(config).to(device)
-    history = train_vae(model=model, train_images=train.images, valid_images=valid.images,
-                        config=training_budget(profile))
-    return model, history
+    return _trained(profile, lambda: ConvVAE(config), config=config, train=train, valid=valid, device=device,
+                    name="vae")
 
 
 def chapter3_hvae(
     profile: Profile, *, train: ImageData, valid: ImageData, device: torch.device
 ) -> tuple[HierarchicalVAE, History]:
-    """Chapter 3's hierarchical VAE, with chapter 2's data, split and training budget."""
-    seed_everything(profile.seed)
+    """Chapter 3's hierarchical VAE, with chapter 2's data, split and training budget (cached)."""
     config = HVAEConfig(image_size=profile.data.image_size, z_dims=profile.hvae.z_dims,
                         channels=profile.vae.channels, width=profile.hvae.width)
-    model = HierarchicalVAE(config).to(device)
-    history = train_vae(model=model, train_images=train.images, valid_images=valid.images,
-                        config=training_budget(profile))
-    return model, history
+    return _trained(profile, lambda: HierarchicalVAE(config), config=config, train=train, valid=valid, device=device,
+                    name="hvae")
+
+
+def _trained(profile: Profile, make, *, config, train: ImageData, valid: ImageData, device: torch.device, name: str):
+    """Seed, build and train a VAE with the shared budget, through the disk cache."""
+    budget = training_budget(profile)
+    key = dict(recipe=name, config=config, budget=budget, seed=profile.seed, device=torch.device(device).type,
+               train=_digest(train.images), valid=_digest(valid.images))
+
+    def build():
+        seed_everything(profile.seed)
+        return make().to(device)
+
+    def fit(model) -> dict:
+        history = train_vae(model=model, train_images=train.images, valid_images=valid.images, config=budget)
+        return dataclasses.asdict(history)
+
+    model, record = cached_training(key=key, build=build, train=fit, name=name)
+    return model, History(**record)
+
+
+def _digest(images: torch.Tensor) -> str:
+    """SHA-256 of a tensor's values: the data's identity in a cache key."""
+    return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+

@@ -18,6 +18,15 @@ import torch
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _private_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the recipes' disk cache (companion.cache) out of the user's home: one fresh
+    directory for the whole session."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COMPANION_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> Iterator[None]:
     """Run torch on one thread: the test models are tiny, and on a busy 2-core machine
     intra-op threads spin against other processes (training tests ran ~10× slower)."""

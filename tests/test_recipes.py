@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from companion import recipes
@@ -22,7 +23,8 @@ def _splits():
     return load_images(name="digits", split="train"), load_images(name="digits", split="valid")
 
 
-def test_a_recipe_gives_the_same_weights_whatever_ran_before_it() -> None:
+def test_a_recipe_gives_the_same_weights_whatever_ran_before_it(monkeypatch) -> None:
+    monkeypatch.setenv("COMPANION_CACHE", "0")  # train twice: the cache would hide a difference
     train, valid = _splits()
     first, _ = recipes.chapter2_vae(TINY, train=train, valid=valid, device=torch.device("cpu"))
     torch.randn(1000)  # a chapter consumed random numbers in between
@@ -37,3 +39,16 @@ def test_the_hierarchical_recipe_uses_the_profile_groups_and_the_shared_budget()
     assert model.z_dims == (2, 3) and len(history.train_loss) <= TINY.vae.epochs
     budget = recipes.training_budget(TINY, free_bits=0.5)
     assert (budget.epochs, budget.lr, budget.patience, budget.free_bits) == (2, TINY.vae.lr, TINY.vae.patience, 0.5)
+
+
+def test_a_second_chapter_loads_the_first_chapters_model_and_history_from_the_cache(monkeypatch) -> None:
+    train, valid = _splits()
+    first, history = recipes.chapter2_vae(TINY, train=train, valid=valid, device=torch.device("cpu"))
+    monkeypatch.setattr(recipes, "train_vae", lambda **_: pytest.fail("a cache hit must not train"))
+    second, cached = recipes.chapter2_vae(TINY, train=train, valid=valid, device=torch.device("cpu"))
+    assert cached == history and not second.training
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    other_valid = load_images(name="digits", split="test")  # other data: a miss, so it trains
+    with pytest.raises(pytest.fail.Exception, match="must not train"):
+        recipes.chapter2_vae(TINY, train=train, valid=other_valid, device=torch.device("cpu"))
