@@ -207,6 +207,7 @@ class DefenceSettings:
 
     Attributes:
         radius: L∞ attack radius δ (one of ``attack.radii``).
+        per_class: attacked test references per class (HMC is the expensive part).
         steps_grid: numbers of HMC transitions T compared.
         num_leapfrog: leapfrog steps per transition.
         num_warmup: step-size adaptation transitions before the T that count.
@@ -214,10 +215,11 @@ class DefenceSettings:
         clean_drop: the most clean-input reconstruction MS-SSIM may fall at the largest T.
     """
 
-    radius: float = 0.2
-    steps_grid: tuple[int, ...] = (0, 10, 50, 100, 200)
+    radius: float = 0.1
+    per_class: int = 5
+    steps_grid: tuple[int, ...] = (0, 25, 50, 100)
     num_leapfrog: int = 10
-    num_warmup: int = 50
+    num_warmup: int = 25
     step_size: float = 0.05
     clean_drop: float = 0.05
 
@@ -289,7 +291,7 @@ FULL = Profile(
         per_class=100, steps=100, restarts=5, step_grid=(1, 5, 20, 50, 100, 200), restart_grid=(1, 5, 10)
     ),
     tv_bound=TVBoundSettings(),
-    defence=DefenceSettings(steps_grid=(0, 10, 50, 100, 500), num_warmup=100),
+    defence=DefenceSettings(per_class=20, steps_grid=(0, 10, 50, 100, 500), num_warmup=100),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, FULL)}
