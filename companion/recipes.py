@@ -15,7 +15,7 @@ from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, VAEConfig
 from companion.profiles import Profile, seed_everything
 from companion.train import History, TrainConfig, train_vae
 
-__all__ = ["training_budget", "chapter2_vae", "chapter3_hvae"]
+__all__ = ["training_budget", "chapter2_vae", "chapter3_hvae", "beta_vae"]
 
 
 def training_budget(profile: Profile, **overrides) -> TrainConfig:
@@ -32,11 +32,27 @@ def chapter2_vae(
     profile: Profile, *, train: ImageData, valid: ImageData, device: torch.device
 ) -> tuple[ConvVAE, History]:
     """Chapter 2's convolutional VAE, trained on ``train`` with early stopping on ``valid``."""
+    return beta_vae(profile, beta=1.0, train=train, valid=valid, device=device)
+
+
+def beta_vae(
+    profile: Profile, *, beta: float, train: ImageData, valid: ImageData, device: torch.device
+) -> tuple[ConvVAE, History]:
+    """Chapter 2's VAE trained on the β-ELBO (Higgins et al., 2017): only β differs.
+
+    β = 1 is chapter 2's VAE itself, weight for weight; β > 1 weighs the KL term more,
+    which widens the posteriors and shortens the codes. Early stopping reads the β-ELBO.
+
+    Raises:
+        ValueError: β not positive.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}; 1 is the plain ELBO")
     seed_everything(profile.seed)
     config = VAEConfig(image_size=profile.data.image_size, z_dim=profile.vae.z_dim, channels=profile.vae.channels)
     model = ConvVAE(config).to(device)
     history = train_vae(model=model, train_images=train.images, valid_images=valid.images,
-                        config=training_budget(profile))
+                        config=training_budget(profile, beta=beta))
     return model, history
 
 

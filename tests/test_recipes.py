@@ -37,3 +37,21 @@ def test_the_hierarchical_recipe_uses_the_profile_groups_and_the_shared_budget()
     assert model.z_dims == (2, 3) and len(history.train_loss) <= TINY.vae.epochs
     budget = recipes.training_budget(TINY, free_bits=0.5)
     assert (budget.epochs, budget.lr, budget.patience, budget.free_bits) == (2, TINY.vae.lr, TINY.vae.patience, 0.5)
+
+
+def test_the_beta_recipe_at_beta_one_is_chapter_twos_vae_and_other_betas_differ() -> None:
+    train, valid = _splits()
+    plain, _ = recipes.chapter2_vae(TINY, train=train, valid=valid, device=torch.device("cpu"))
+    same, _ = recipes.beta_vae(TINY, beta=1.0, train=train, valid=valid, device=torch.device("cpu"))
+    other, _ = recipes.beta_vae(TINY, beta=5.0, train=train, valid=valid, device=torch.device("cpu"))
+    for (name, a), b, c in zip(plain.state_dict().items(), same.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(plain.state_dict().values(), other.state_dict().values()))
+
+
+def test_the_beta_recipe_refuses_a_non_positive_beta() -> None:
+    import pytest
+
+    train, valid = _splits()
+    with pytest.raises(ValueError, match="beta must be positive"):
+        recipes.beta_vae(TINY, beta=0.0, train=train, valid=valid, device=torch.device("cpu"))
