@@ -84,6 +84,11 @@ class AttackConfig:
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.radius / max(self.steps, 1)
 
+    @property
+    def gradient_evaluations(self) -> int:
+        """Gradients of the objective per reference: one per step and restart (the attack's cost)."""
+        return self.steps * self.restarts
+
 
 class AttackResult(NamedTuple):
     """The best adversarial input per reference.

@@ -28,6 +28,7 @@ __all__ = [
     "AttackSettings",
     "TVBoundSettings",
     "DefenceSettings",
+    "OpenQuestionsSettings",
     "Profile",
     "QUICK",
     "FULL",
@@ -225,6 +226,47 @@ class DefenceSettings:
 
 
 @dataclass(frozen=True)
+class OpenQuestionsSettings:
+    """Chapter 9, sections 1–4: adaptive attacks, robustness scores, OOD detection, decoder attacks.
+
+    Attributes:
+        radius: L∞ attack radius δ of every section (one of chapter 4's radii).
+        per_class: attacked references per class (stratified).
+        attack_steps: projected-gradient steps of the encoder attacks compared.
+        adaptive_steps_grid: projected-gradient steps of the adaptive attack.
+        adaptive_hmc_steps: T of the chain the adaptive attack differentiates through.
+        adaptive_leapfrog: leapfrog steps per transition of that chain.
+        eot_samples: chain-randomness draws averaged per adaptive-attack step.
+        defence_steps_grid: T of the real defence that scores every attack.
+        betas: KL weights of the β-VAEs (1 is chapter 2's VAE).
+        gap_k: importance samples of the IWAE bound in the approximation gap.
+        gap_elbo_samples: Monte Carlo samples of the ELBO in the approximation gap.
+        n_ood: in- and out-of-distribution images scored in the OOD section.
+        ood_k: importance samples of the IWAE score.
+        ood_hmc_steps: T of the chains behind the HMC scores.
+        decoder_step_grid: attack steps at which the SKL and reconstruction attacks are compared.
+        power_iterations: power iterations of the decoder's Jacobian.
+    """
+
+    radius: float = 0.2
+    per_class: int = 5
+    attack_steps: int = 50
+    adaptive_steps_grid: tuple[int, ...] = (5, 20)
+    adaptive_hmc_steps: int = 5
+    adaptive_leapfrog: int = 5
+    eot_samples: int = 2
+    defence_steps_grid: tuple[int, ...] = (0, 10, 50)
+    betas: tuple[float, ...] = (1.0, 2.0, 5.0)
+    gap_k: int = 500
+    gap_elbo_samples: int = 100
+    n_ood: int = 200
+    ood_k: int = 100
+    ood_hmc_steps: int = 20
+    decoder_step_grid: tuple[int, ...] = (1, 2, 5, 20)
+    power_iterations: int = 20
+
+
+@dataclass(frozen=True)
 class Profile:
     """All settings of one profile.
 
@@ -239,6 +281,7 @@ class Profile:
         attack: chapter 4 settings.
         tv_bound: chapter 5 settings.
         defence: chapter 6 settings.
+        open_questions: chapter 9 settings (sections 1–4).
     """
 
     name: str
@@ -250,6 +293,7 @@ class Profile:
     attack: AttackSettings
     tv_bound: TVBoundSettings
     defence: DefenceSettings
+    open_questions: OpenQuestionsSettings
 
 
 QUICK = Profile(
@@ -262,6 +306,7 @@ QUICK = Profile(
     attack=AttackSettings(),
     tv_bound=TVBoundSettings(),
     defence=DefenceSettings(),
+    open_questions=OpenQuestionsSettings(),
 )
 
 FULL = Profile(
@@ -292,6 +337,11 @@ FULL = Profile(
     ),
     tv_bound=TVBoundSettings(),
     defence=DefenceSettings(per_class=20, steps_grid=(0, 10, 50, 100, 500), num_warmup=100),
+    open_questions=OpenQuestionsSettings(
+        per_class=20, attack_steps=100, adaptive_steps_grid=(5, 20, 50), adaptive_hmc_steps=10, eot_samples=4,
+        defence_steps_grid=(0, 10, 50, 100), betas=(1.0, 2.0, 5.0, 10.0), gap_k=1_000, n_ood=1_000,
+        ood_k=1_000, ood_hmc_steps=100, decoder_step_grid=(1, 2, 5, 20, 100),
+    ),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, FULL)}

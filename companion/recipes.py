@@ -22,7 +22,7 @@ from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, VAEConfig
 from companion.profiles import Profile, seed_everything
 from companion.train import History, TrainConfig, train_vae
 
-__all__ = ["training_budget", "chapter2_vae", "chapter3_hvae"]
+__all__ = ["training_budget", "chapter2_vae", "chapter3_hvae", "beta_vae"]
 
 
 def training_budget(profile: Profile, **overrides) -> TrainConfig:
@@ -39,9 +39,25 @@ def chapter2_vae(
     profile: Profile, *, train: ImageData, valid: ImageData, device: torch.device
 ) -> tuple[ConvVAE, History]:
     """Chapter 2's convolutional VAE, trained on ``train`` with early stopping on ``valid`` (cached)."""
+    return beta_vae(profile, beta=1.0, train=train, valid=valid, device=device)
+
+
+def beta_vae(
+    profile: Profile, *, beta: float, train: ImageData, valid: ImageData, device: torch.device
+) -> tuple[ConvVAE, History]:
+    """Chapter 2's VAE trained on the β-ELBO (Higgins et al., 2017): only β differs (cached).
+
+    β = 1 is chapter 2's VAE itself, weight for weight; β > 1 weighs the KL term more,
+    which widens the posteriors and shortens the codes. Early stopping reads the β-ELBO.
+
+    Raises:
+        ValueError: β not positive.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}; 1 is the plain ELBO")
     config = VAEConfig(image_size=profile.data.image_size, z_dim=profile.vae.z_dim, channels=profile.vae.channels)
-    return _trained(profile, lambda: ConvVAE(config), config=config, train=train, valid=valid, device=device,
-                    name="vae")
+    return _trained(profile, lambda: ConvVAE(config), config=config, budget=training_budget(profile, beta=beta),
+                    train=train, valid=valid, device=device, name="vae" if beta == 1 else f"vae-beta{beta:g}")
 
 
 def chapter3_hvae(
@@ -50,13 +66,15 @@ def chapter3_hvae(
     """Chapter 3's hierarchical VAE, with chapter 2's data, split and training budget (cached)."""
     config = HVAEConfig(image_size=profile.data.image_size, z_dims=profile.hvae.z_dims,
                         channels=profile.vae.channels, width=profile.hvae.width)
-    return _trained(profile, lambda: HierarchicalVAE(config), config=config, train=train, valid=valid, device=device,
-                    name="hvae")
+    return _trained(profile, lambda: HierarchicalVAE(config), config=config, budget=training_budget(profile),
+                    train=train, valid=valid, device=device, name="hvae")
 
 
-def _trained(profile: Profile, make, *, config, train: ImageData, valid: ImageData, device: torch.device, name: str):
-    """Seed, build and train a VAE with the shared budget, through the disk cache."""
-    budget = training_budget(profile)
+def _trained(
+    profile: Profile, make, *, config, budget: TrainConfig, train: ImageData, valid: ImageData, device: torch.device,
+    name: str,
+):
+    """Seed, build and train a VAE with ``budget``, through the disk cache."""
     key = dict(recipe=name, config=config, budget=budget, seed=profile.seed, device=torch.device(device).type,
                train=_digest(train.images), valid=_digest(valid.images))
 

@@ -407,6 +407,19 @@ def test_pgd_passes_restarts_restart_major_to_the_objective() -> None:
     assert all(bool((_linf(x - ref) <= 0.05 + TOL).all()) for x in seen)
 
 
+def test_the_config_counts_one_gradient_per_step_and_restart_as_pgd_evaluates_them() -> None:
+    calls = []
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            calls.append(len(x))
+        return _pixel_sum(x)
+
+    config = AttackConfig(radius=0.05, steps=4, restarts=3)
+    pgd(objective, x_ref=_images(2, seed=1, size=4), config=config)
+    assert sum(calls) == 2 * config.gradient_evaluations == 2 * 4 * 3  # per reference: 12
+
+
 def test_pgd_with_the_same_seed_gives_the_same_result() -> None:
     x_ref = _images(2, seed=10, size=4)
     config = AttackConfig(radius=0.1, norm="l2", steps=3, restarts=3)

@@ -52,3 +52,19 @@ def test_a_second_chapter_loads_the_first_chapters_model_and_history_from_the_ca
     other_valid = load_images(name="digits", split="test")  # other data: a miss, so it trains
     with pytest.raises(pytest.fail.Exception, match="must not train"):
         recipes.chapter2_vae(TINY, train=train, valid=other_valid, device=torch.device("cpu"))
+
+
+def test_the_beta_recipe_at_beta_one_is_chapter_twos_vae_and_other_betas_differ() -> None:
+    train, valid = _splits()
+    plain, _ = recipes.chapter2_vae(TINY, train=train, valid=valid, device=torch.device("cpu"))
+    same, _ = recipes.beta_vae(TINY, beta=1.0, train=train, valid=valid, device=torch.device("cpu"))
+    other, _ = recipes.beta_vae(TINY, beta=5.0, train=train, valid=valid, device=torch.device("cpu"))
+    for (name, a), b, c in zip(plain.state_dict().items(), same.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(plain.state_dict().values(), other.state_dict().values()))
+
+
+def test_the_beta_recipe_refuses_a_non_positive_beta() -> None:
+    train, valid = _splits()
+    with pytest.raises(ValueError, match="beta must be positive"):
+        recipes.beta_vae(TINY, beta=0.0, train=train, valid=valid, device=torch.device("cpu"))
