@@ -1,0 +1,121 @@
+"""A disk cache of trained models, so that chapters share them instead of retraining.
+
+Each chapter runs in a fresh kernel; chapter 8 uses the DDPM chapter 7 trained. A model is
+identified by a *key*: a JSON-serialisable mapping of everything that determines its
+weights (settings dataclasses via ``dataclasses.asdict``, the data set's identity, the
+seed) plus :data:`CACHE_VERSION`, which is bumped whenever training code changes what it
+produces. The file name is a SHA-256 of the canonical JSON of the key, so equal settings
+find the same file on every machine.
+
+Files are safetensors ``state_dict`` s (tensors only: loading never runs code), written
+atomically by :func:`companion.train.save_checkpoint`; the key is stored in the header and
+compared on load. An unreadable or mismatching file is retrained with a warning.
+
+Environment:
+    ``COMPANION_CACHE_DIR``: where files live (default ``~/.cache/companion/models``).
+    ``COMPANION_CACHE=0``: bypass the cache (always train, never write).
+
+Training must be seeded (the book's recipes seed themselves), so a cache hit gives the
+same weights as retraining would on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch import nn
+
+from companion.train import load_checkpoint, save_checkpoint
+
+__all__ = ["CACHE_VERSION", "cache_dir", "cache_enabled", "cache_key", "cache_path", "cached_model"]
+
+CACHE_DIR_ENV = "COMPANION_CACHE_DIR"
+CACHE_ENV = "COMPANION_CACHE"
+CACHE_VERSION = 1
+"""Bump when a change to the training code changes the weights a key produces."""
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def cache_dir() -> Path:
+    """``$COMPANION_CACHE_DIR``, else ``~/.cache/companion/models``."""
+    env = os.environ.get(CACHE_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "companion" / "models"
+
+
+def cache_enabled() -> bool:
+    """False when ``$COMPANION_CACHE`` is 0/false/no/off."""
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__dataclass__": type(value).__name__, **_jsonable(dataclasses.asdict(value))}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(
+        f"cache keys hold JSON-like values and dataclasses only, got {type(value).__name__}: {value!r}"
+    )
+
+
+def cache_key(key: Mapping[str, Any]) -> str:
+    """The canonical JSON of ``key`` plus :data:`CACHE_VERSION` (sorted keys, no spaces)."""
+    if not isinstance(key, Mapping):
+        raise TypeError(f"a cache key is a mapping, got {type(key).__name__}")
+    return json.dumps({"cache_version": CACHE_VERSION, **_jsonable(key)}, sort_keys=True, separators=(",", ":"))
+
+
+def cache_path(key: Mapping[str, Any], *, name: str = "model") -> Path:
+    """Where the model for ``key`` is stored: ``<cache_dir>/<name>-<sha256[:16]>.safetensors``."""
+    digest = hashlib.sha256(cache_key(key).encode()).hexdigest()[:16]
+    return cache_dir() / f"{name}-{digest}.safetensors"
+
+
+def cached_model(
+    *,
+    key: Mapping[str, Any],
+    build: Callable[[], M],
+    train: Callable[[M], object],
+    name: str = "model",
+) -> M:
+    """Return a trained model: from the cache when ``key`` was trained before, else trained now.
+
+    Args:
+        key: everything that determines the trained weights (JSON-like values and
+            dataclasses); see the module docstring.
+        build: makes the untrained model (on the device it should end up on).
+        train: trains it in place (its return value is ignored); must be seeded.
+        name: prefix of the file name, for people browsing the cache directory.
+
+    Returns:
+        The model, in eval mode.
+    """
+    model = build()
+    if not cache_enabled():
+        train(model)
+        return model.eval()
+    path = cache_path(key, name=name)
+    canonical = cache_key(key)
+    if path.is_file():
+        try:
+            meta = load_checkpoint(model, path)
+            if meta.get("key") == canonical:
+                return model.eval()
+            warnings.warn(f"cached model {path} was stored for another key; retraining it", stacklevel=2)
+        except ValueError as err:
+            warnings.warn(f"cached model {path} is unreadable ({err}); retraining it", stacklevel=2)
+        model = build()
+    train(model)
+    save_checkpoint(model, path, metadata={"key": canonical})
+    return model.eval()

@@ -1,0 +1,99 @@
+"""Tests for companion.cache: hit, miss, corrupt files, a disabled cache, stable keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from companion import cache
+from companion.cache import cache_key, cache_path, cached_model
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(tmp_path / "models"))
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    return tmp_path / "models"
+
+
+class Counter:
+    """A seeded 'training' that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model: nn.Module) -> None:
+        self.calls += 1
+        torch.manual_seed(7)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    width: int = 3
+    sizes: tuple[int, ...] = (1, 2)
+
+
+KEY = {"settings": Settings(), "seed": 0}
+
+
+def test_a_miss_trains_and_writes_then_a_hit_loads_the_same_weights_without_training() -> None:
+    train = Counter()
+    first = cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
+    assert train.calls == 1 and cache_path(KEY).is_file()
+    second = cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
+    assert train.calls == 1
+    assert torch.equal(first.weight, second.weight) and not second.training
+
+
+def test_a_different_key_is_a_miss() -> None:
+    train = Counter()
+    cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
+    cached_model(key={**KEY, "seed": 1}, build=lambda: nn.Linear(3, 2), train=train)
+    assert train.calls == 2
+    assert cache_path(KEY) != cache_path({**KEY, "seed": 1})
+
+
+def test_a_corrupt_file_is_retrained_with_a_warning_and_replaced() -> None:
+    train = Counter()
+    path = cache_path(KEY)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        model = cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
+    assert train.calls == 1
+    again = cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
+    assert train.calls == 1 and torch.equal(model.weight, again.weight)
+
+
+def test_a_file_for_another_architecture_is_retrained_with_a_warning() -> None:
+    cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=Counter())
+    train = Counter()
+    with pytest.warns(UserWarning, match="unreadable"):
+        model = cached_model(key=KEY, build=lambda: nn.Linear(4, 2), train=train)
+    assert train.calls == 1 and model.weight.shape == (2, 4)
+
+
+def test_disabled_cache_always_trains_and_writes_nothing(monkeypatch: pytest.MonkeyPatch, _cache_dir: Path) -> None:
+    monkeypatch.setenv(cache.CACHE_ENV, "0")
+    train = Counter()
+    cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
+    cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
+    assert train.calls == 2 and not _cache_dir.exists()
+
+
+def test_keys_are_canonical_and_include_the_code_version() -> None:
+    assert cache_key({"a": 1, "b": (1, 2)}) == cache_key({"b": [1, 2], "a": 1})
+    assert f'"cache_version":{cache.CACHE_VERSION}' in cache_key({})
+    assert '"__dataclass__":"Settings"' in cache_key(KEY)
+
+
+def test_keys_with_values_json_cannot_hold_are_rejected() -> None:
+    with pytest.raises(TypeError, match="JSON-like"):
+        cache_key({"tensor": torch.zeros(1)})
