@@ -74,8 +74,13 @@ def diffusion_train_config(profile: Profile, *, steps: int, seed_offset: int = 0
                                 seed=profile.seed + seed_offset)
 
 
-def _diffusion_key(profile: Profile, **extra) -> dict:
-    return {"diffusion": profile.diffusion, "seed": profile.seed, **extra}
+def _diffusion_key(profile: Profile, *, steps: int, seed_offset: int = 0, **extra) -> dict:
+    """What determines a diffusion chapter model's weights (and nothing else, so that changing
+    e.g. the FID sample count keeps the cached models)."""
+    s = profile.diffusion
+    return {"data": s.data, "image_size": s.image_size, "schedule": s.schedule, "T": s.T,
+            "unet": diffusion_unet_config(profile),
+            "train": diffusion_train_config(profile, steps=steps, seed_offset=seed_offset), **extra}
 
 
 def chapter7_ddpm(profile: Profile, *, device: torch.device) -> "DDPM":
@@ -98,7 +103,8 @@ def chapter7_ddpm(profile: Profile, *, device: torch.device) -> "DDPM":
         images = load_diffusion_images(name=s.data, split="train", image_size=s.image_size).images
         train_ddpm(model, images=images, config=diffusion_train_config(profile, steps=s.train_steps))
 
-    return cached_model(key=_diffusion_key(profile, model="ddpm"), build=build, train=train, name="ddpm")
+    key = _diffusion_key(profile, steps=s.train_steps, model="ddpm")
+    return cached_model(key=key, build=build, train=train, name="ddpm")
 
 
 def chapter8_dae(profile: Profile, *, beta_1: float, device: torch.device) -> "DenoisingAutoencoder":
@@ -119,8 +125,8 @@ def chapter8_dae(profile: Profile, *, beta_1: float, device: torch.device) -> "D
         images = load_diffusion_images(name=s.data, split="train", image_size=s.image_size).images
         train_dae(model, images=images, config=diffusion_train_config(profile, steps=s.dae_steps, seed_offset=1))
 
-    return cached_model(key=_diffusion_key(profile, model="dae", beta_1=beta_1), build=build, train=train,
-                        name=f"dae-{beta_1:g}")
+    key = _diffusion_key(profile, steps=s.dae_steps, seed_offset=1, model="dae", beta_1=beta_1)
+    return cached_model(key=key, build=build, train=train, name=f"dae-{beta_1:g}")
 
 
 def feature_classifier(profile: Profile, *, device: torch.device) -> "FeatureClassifier":

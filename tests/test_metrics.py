@@ -68,3 +68,14 @@ def test_attack_report_is_neutral_for_an_unchanged_input_and_reacts_to_a_change(
     assert same.skl.abs().max() < 1e-4 and same.latent_distance.max() < 1e-5
     moved = attack_report(model, x_ref=digits, x_adv=digits.roll(1, dims=0))
     assert (moved.skl > 0).all() and (moved.input_ms_ssim < 1).all()
+
+
+def test_mse_and_psnr_per_image_pair() -> None:
+    from companion.metrics import mse, psnr
+
+    x = torch.zeros(2, 1, 4, 4)
+    y = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.5)])
+    assert torch.allclose(mse(x, y), torch.tensor([0.01, 0.25]))
+    assert torch.allclose(psnr(x, y), torch.tensor([20.0, 6.0206]), atol=1e-3)
+    with pytest.raises(ValueError, match="same shape"):
+        mse(x, y[:, :, :2])

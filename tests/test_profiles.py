@@ -109,3 +109,16 @@ def test_every_profile_builds_vaes_that_reconstruct_images_of_its_data_size(prof
         hvae = HierarchicalVAE(HVAEConfig(image_size=size, z_dims=z_dims, channels=profile.vae.channels,
                                           width=profile.hvae.width))
         assert hvae.reconstruct(x).shape == x.shape
+
+
+def test_diffusion_settings_hold_the_authors_fashion_mnist_model_in_the_full_profile() -> None:
+    d = FULL.diffusion
+    assert (d.data, d.channels, d.res_blocks, d.dropout, d.T, d.batch_size, d.lr, d.ema_decay) == (
+        "fashion_mnist", 64, 3, 0.3, 500, 128, 1e-4, 0.9999)
+    assert d.image_size == 32  # 28×28 zero-padded: the UNet halves the side three times
+
+
+def test_quick_diffusion_settings_are_offline_and_use_the_papers_beta_1_values() -> None:
+    d = QUICK.diffusion
+    assert d.data == "digits" and d.ood_data == "glyphs"
+    assert set(d.beta_1s) <= {0.2, 0.1, 0.05, 0.025, 0.001}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from companion.diffusion import (DDPM, DenoisingAutoencoder, DiffusionTrainConfig, daed_samples, make_schedule,
+from companion.diffusion import (DDPM, DenoisingAutoencoder, DiffusionTrainConfig, daed_samples, make_schedule, split_step,
                                  train_dae, train_ddpm)
 from companion.diffusion.ddpm import ema_update
 from companion.models.unet import UNet, UNetConfig
@@ -95,7 +95,7 @@ def test_ema_update_moves_each_parameter_towards_the_model() -> None:
 def test_dae_uses_the_split_step_and_rejects_bad_beta_1() -> None:
     schedule = make_schedule("linear", 100)
     dae = DenoisingAutoencoder(UNet(CONFIG), schedule, beta_1=0.1)
-    assert dae.k == 10
+    assert dae.k == split_step(schedule, 0.1) == 11  # 1 − ᾱ first reaches 0.1 at step 11 of 100
     for bad in (0.0, 1.0, 1.2):
         with pytest.raises(ValueError, match=r"\(0, 1\)"):
             DenoisingAutoencoder(UNet(CONFIG), schedule, beta_1=bad)
