@@ -125,7 +125,8 @@ def chapter8_dae(profile: Profile, *, beta_1: float, device: torch.device) -> "D
         images = load_diffusion_images(name=s.data, split="train", image_size=s.image_size).images
         train_dae(model, images=images, config=diffusion_train_config(profile, steps=s.dae_steps, seed_offset=1))
 
-    key = _diffusion_key(profile, steps=s.dae_steps, seed_offset=1, model="dae", beta_1=beta_1)
+    key = _diffusion_key(profile, steps=s.dae_steps, seed_offset=1, model="dae", beta_1=beta_1,
+                         output="x from predicted noise")
     return cached_model(key=key, build=build, train=train, name=f"dae-{beta_1:g}")
 
 

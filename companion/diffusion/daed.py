@@ -23,6 +23,12 @@ __all__ = ["DenoisingAutoencoder", "train_dae", "daed_samples"]
 class DenoisingAutoencoder(nn.Module):
     """D(z_k) ≈ x: a network that maps states at the fixed step k to clean data in one pass.
 
+    The network's output is read as the noise in z_k, and D(z_k) = (z_k − √(1 − ᾱ_k) · net(z_k))
+    / √ᾱ_k. This is still one pass from z_k to x, trained on the squared error in x, but the
+    skip connection means an autoencoder for little noise (β_1 = 0.001) starts near the
+    identity instead of having to learn it: with the output read as x directly, short
+    training left such autoencoders blurring images they should barely touch.
+
     Args:
         net: an image-to-image network called as ``net(z, t)`` (the book uses the DDPM's
             UNet architecture, its time input held at k) exposing ``image_shape``.
@@ -47,7 +53,9 @@ class DenoisingAutoencoder(nn.Module):
             raise ValueError(
                 f"expected states of shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(z.shape)}"
             )
-        return self.net(z, torch.full((z.shape[0],), self.k, device=z.device))
+        a = self.schedule.alpha_bars[self.k - 1].item()
+        eps = self.net(z, torch.full((z.shape[0],), self.k, device=z.device))
+        return (z - (1 - a) ** 0.5 * eps) / a**0.5
 
     def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """E ‖x − D(z_k)‖² with z_k ~ q(z_k | x), per pixel; x (B, C, H, W) in [−1, 1]."""
