@@ -2,7 +2,9 @@
 
 ``digits`` is scikit-learn's 1 797 handwritten digits (8×8, 17 grey levels, UCI
 "Optical Recognition of Handwritten Digits"): real data that ships with a dependency, so
-the quick profile, CI and any offline machine need no download. MNIST and Fashion-MNIST
+the quick profile, CI and any offline machine need no download. ``glyphs`` are letters
+rendered from the fonts matplotlib ships (:mod:`companion.glyphs`), an offline
+out-of-distribution set for the diffusion chapters. MNIST and Fashion-MNIST
 are downloaded once into ``$COMPANION_DATA_DIR`` (default ``~/.cache/companion``) and
 checked by SHA-256 (see :mod:`companion.mnist`).
 
@@ -29,7 +31,7 @@ __all__ = [
     "stratified_indices",
 ]
 
-DATASETS = ("digits", "mnist", "fashion_mnist")
+DATASETS = ("digits", "glyphs", "mnist", "fashion_mnist")
 SPLITS = ("train", "valid", "test")
 
 # Split sizes. Digits: stratified 1 347 / 150 / 300 (≈ 75 / 8 / 17 %). MNIST-like: the
@@ -95,8 +97,9 @@ def load_images(
     """Load one split of a data set as tensors.
 
     Args:
-        name: ``digits`` (offline, 8×8 native), ``mnist`` or ``fashion_mnist`` (28×28,
-            downloaded once and cached).
+        name: ``digits`` (offline, 8×8 native), ``glyphs`` (offline letters, 8×8 native
+            here; rendered at the requested size), ``mnist`` or ``fashion_mnist`` (28×28,
+            downloaded once and cached). Glyph labels are letter indices 0..51.
         split: ``train``, ``valid`` or ``test``.
         image_size: resize to this square side (bilinear, antialiased when shrinking);
             ``None`` keeps the native size.
@@ -121,6 +124,11 @@ def load_images(
     if image_size is not None and (not isinstance(image_size, int) or image_size < 2):
         raise ValueError(f"image_size must be an integer >= 2 or None, got {image_size!r}")
 
+    if name == "glyphs":
+        from companion.glyphs import glyph_split
+
+        x, labels = glyph_split(split, image_size=image_size or 8)
+        return ImageData(images=x, labels=labels)
     if name == "digits":
         images, labels = _digits_split(split)
     else:

@@ -27,8 +27,8 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 from companion.data import check_images
 
 __all__ = [
-    "MSSSIM_WEIGHTS", "msssim_scales", "ms_ssim", "accuracy", "AttackReport", "attack_report", "CodeReport",
-    "code_report", "log_posterior_ratio",
+    "MSSSIM_WEIGHTS", "msssim_scales", "ms_ssim", "mse", "psnr", "accuracy", "AttackReport", "attack_report",
+    "CodeReport", "code_report", "log_posterior_ratio",
 ]
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -62,6 +62,19 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x.float(), y.float(), gaussian_kernel=False, kernel_size=_WINDOW, betas=betas,
         data_range=1.0, reduction="none", normalize="relu",
     )
+
+
+def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image pair: x, y (N, C, H, W) of the same shape -> (N,)."""
+    if x.shape != y.shape:
+        raise ValueError(f"MSE compares images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    return (x.float() - y.float()).pow(2).flatten(1).mean(1)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-10) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image pair in dB, for pixels in [0, 1]:
+    10 log10(1 / MSE). x, y (N, C, H, W) -> (N,)."""
+    return -10 * torch.log10(mse(x, y) + eps)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

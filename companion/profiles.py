@@ -29,6 +29,7 @@ __all__ = [
     "TVBoundSettings",
     "DefenceSettings",
     "OpenQuestionsSettings",
+    "DiffusionSettings",
     "Profile",
     "QUICK",
     "FULL",
@@ -267,6 +268,58 @@ class OpenQuestionsSettings:
 
 
 @dataclass(frozen=True)
+class DiffusionSettings:
+    """Chapters 7 and 8: the DDPM, DAED's denoising autoencoders and how they are measured.
+
+    Attributes:
+        data: the data set the diffusion models learn (a :func:`companion.data.load_images` name).
+        ood_data: the out-of-distribution data set of the transfer experiments.
+        image_size: side the images are brought to (28×28 images are zero-padded to 32).
+        schedule: β schedule of the models (``linear``: Ho et al.'s, rescaled to T).
+        T: diffusion steps.
+        channels, channel_mults, res_blocks, attention_resolutions, dropout: the UNet
+            (:class:`companion.models.unet.UNetConfig`); the authors' Fashion-MNIST model:
+            64 channels, 3 residual blocks, dropout 0.3.
+        train_steps: gradient steps of the DDPM.
+        dae_steps: gradient steps of each denoising autoencoder.
+        batch_size: images per step.
+        lr: AdamW learning rate.
+        ema_decay: decay of the weights' moving average the trained models keep.
+        beta_1s: DAED's cumulative noise levels β_1 (one autoencoder each).
+        n_samples: generated images per model for FID and precision / recall.
+        classifier_steps: training steps of the FID feature classifier.
+        snr_threshold: SNR above which a step counts as "signal still strong" (observation 1).
+        noise_fractions: fractions t / T of the steps to which observation 2 noises images.
+        n_denoise: images per data set in the denoising experiments.
+        fid_margin: the most FID may rise when DAED replaces up to about 10 % of the steps
+            (quick profile: β₁ = 0.1 raised it by 0.7, 1.5 and 2.3 at seeds 0, 1, 2).
+    """
+
+    data: str = "digits"
+    ood_data: str = "glyphs"
+    image_size: int = 8
+    schedule: str = "linear"
+    T: int = 200
+    channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2)
+    res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (4,)
+    dropout: float = 0.0
+    train_steps: int = 1_000
+    dae_steps: int = 400
+    batch_size: int = 256
+    lr: float = 2e-3
+    ema_decay: float = 0.995
+    beta_1s: tuple[float, ...] = (0.2, 0.1, 0.05, 0.025, 0.001)
+    n_samples: int = 1_000
+    classifier_steps: int = 600
+    snr_threshold: float = 3.0
+    noise_fractions: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2, 0.3)
+    n_denoise: int = 250
+    fid_margin: float = 3.0
+
+
+@dataclass(frozen=True)
 class Profile:
     """All settings of one profile.
 
@@ -282,6 +335,7 @@ class Profile:
         tv_bound: chapter 5 settings.
         defence: chapter 6 settings.
         open_questions: chapter 9 settings (sections 1–4).
+        diffusion: chapters 7 and 8 settings.
     """
 
     name: str
@@ -294,6 +348,7 @@ class Profile:
     tv_bound: TVBoundSettings
     defence: DefenceSettings
     open_questions: OpenQuestionsSettings
+    diffusion: DiffusionSettings = DiffusionSettings()
 
 
 QUICK = Profile(
@@ -341,6 +396,12 @@ FULL = Profile(
         per_class=20, attack_steps=100, adaptive_steps_grid=(5, 20, 50), adaptive_hmc_steps=10, eot_samples=4,
         defence_steps_grid=(0, 10, 50, 100), betas=(1.0, 2.0, 5.0, 10.0), gap_k=1_000, n_ood=1_000,
         ood_k=1_000, ood_hmc_steps=100, decoder_step_grid=(1, 2, 5, 20, 100),
+    ),
+    diffusion=DiffusionSettings(
+        data="fashion_mnist", ood_data="mnist", image_size=32, T=500, channels=64,
+        channel_mults=(1, 2, 2, 2), res_blocks=3, attention_resolutions=(16,), dropout=0.3,
+        train_steps=60_000, dae_steps=20_000, batch_size=128, lr=1e-4, ema_decay=0.9999,
+        n_samples=10_000, classifier_steps=5_000, n_denoise=1_000,
     ),
 )
 

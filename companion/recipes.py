@@ -22,7 +22,10 @@ from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, VAEConfig
 from companion.profiles import Profile, seed_everything
 from companion.train import History, TrainConfig, train_vae
 
-__all__ = ["training_budget", "chapter2_vae", "chapter3_hvae", "beta_vae"]
+__all__ = [
+    "training_budget", "chapter2_vae", "beta_vae", "chapter3_hvae", "diffusion_unet_config", "diffusion_train_config",
+    "chapter7_ddpm", "chapter8_dae", "feature_classifier",
+]
 
 
 def training_budget(profile: Profile, **overrides) -> TrainConfig:
@@ -95,3 +98,100 @@ def _digest(images: torch.Tensor) -> str:
     return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+# --- Diffusion models (chapters 7 and 8), shared through the disk cache -----------------
+
+def diffusion_unet_config(profile: Profile) -> "UNetConfig":
+    """The UNet of the profile's diffusion models (the DDPM and every DAE share it)."""
+    from companion.models.unet import UNetConfig
+
+    s = profile.diffusion
+    return UNetConfig(image_size=s.image_size, channels=s.channels, channel_mults=s.channel_mults,
+                      res_blocks=s.res_blocks, attention_resolutions=s.attention_resolutions, dropout=s.dropout)
+
+
+def diffusion_train_config(profile: Profile, *, steps: int, seed_offset: int = 0) -> "DiffusionTrainConfig":
+    """Training settings of the diffusion chapters' models (seeded by the profile)."""
+    from companion.diffusion import DiffusionTrainConfig
+
+    s = profile.diffusion
+    return DiffusionTrainConfig(steps=steps, batch_size=s.batch_size, lr=s.lr, ema_decay=s.ema_decay,
+                                seed=profile.seed + seed_offset)
+
+
+def _diffusion_key(profile: Profile, *, steps: int, seed_offset: int = 0, **extra) -> dict:
+    """What determines a diffusion chapter model's weights (and nothing else, so that changing
+    e.g. the FID sample count keeps the cached models)."""
+    s = profile.diffusion
+    return {"data": s.data, "image_size": s.image_size, "schedule": s.schedule, "T": s.T,
+            "unet": diffusion_unet_config(profile),
+            "train": diffusion_train_config(profile, steps=steps, seed_offset=seed_offset), **extra}
+
+
+def chapter7_ddpm(profile: Profile, *, device: torch.device) -> "DDPM":
+    """Chapter 7's DDPM (ε-prediction, L_simple, EMA weights) on the profile's data set.
+
+    Trained once and cached on disk (:mod:`companion.cache`), so chapter 8 reuses it.
+    """
+    from companion.cache import cached_model
+    from companion.diffusion import DDPM, make_schedule, train_ddpm
+    from companion.diffusion.images import load_diffusion_images
+    from companion.models.unet import UNet
+
+    s = profile.diffusion
+
+    def build() -> DDPM:
+        seed_everything(profile.seed)
+        return DDPM(UNet(diffusion_unet_config(profile)), make_schedule(s.schedule, s.T)).to(device)
+
+    def train(model: DDPM) -> None:
+        images = load_diffusion_images(name=s.data, split="train", image_size=s.image_size).images
+        train_ddpm(model, images=images, config=diffusion_train_config(profile, steps=s.train_steps))
+
+    key = _diffusion_key(profile, steps=s.train_steps, model="ddpm")
+    return cached_model(key=key, build=build, train=train, name="ddpm")
+
+
+def chapter8_dae(profile: Profile, *, beta_1: float, device: torch.device) -> "DenoisingAutoencoder":
+    """Chapter 8's denoising autoencoder for one β_1 (the DDPM's UNet, time held at k), cached."""
+    from companion.cache import cached_model
+    from companion.diffusion import DenoisingAutoencoder, make_schedule, train_dae
+    from companion.diffusion.images import load_diffusion_images
+    from companion.models.unet import UNet
+
+    s = profile.diffusion
+
+    def build() -> DenoisingAutoencoder:
+        seed_everything(profile.seed + 1)
+        net = UNet(diffusion_unet_config(profile))
+        return DenoisingAutoencoder(net, make_schedule(s.schedule, s.T), beta_1=beta_1).to(device)
+
+    def train(model: DenoisingAutoencoder) -> None:
+        images = load_diffusion_images(name=s.data, split="train", image_size=s.image_size).images
+        train_dae(model, images=images, config=diffusion_train_config(profile, steps=s.dae_steps, seed_offset=1))
+
+    key = _diffusion_key(profile, steps=s.dae_steps, seed_offset=1, model="dae", beta_1=beta_1,
+                         output="x from predicted noise")
+    return cached_model(key=key, build=build, train=train, name=f"dae-{beta_1:g}")
+
+
+def feature_classifier(profile: Profile, *, device: torch.device) -> "FeatureClassifier":
+    """The classifier whose features FID and precision / recall use, trained on the
+    diffusion data set's training split (cached)."""
+    from companion.cache import cached_model
+    from companion.diffusion.images import load_diffusion_images
+    from companion.sample_quality import FeatureClassifier, train_feature_classifier
+
+    s = profile.diffusion
+
+    def build() -> FeatureClassifier:
+        seed_everything(profile.seed)
+        return FeatureClassifier().to(device)
+
+    def train(model: FeatureClassifier) -> None:
+        data = load_diffusion_images(name=s.data, split="train", image_size=s.image_size)
+        train_feature_classifier(model, images=data.images, labels=data.labels, steps=s.classifier_steps,
+                                 seed=profile.seed)
+
+    key = {"data": s.data, "image_size": s.image_size, "steps": s.classifier_steps, "seed": profile.seed,
+           "model": "feature_classifier"}
+    return cached_model(key=key, build=build, train=train, name="features")

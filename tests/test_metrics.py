@@ -97,3 +97,14 @@ def test_log_posterior_ratio_is_exact_on_the_linear_gaussian_model() -> None:
     z1, z2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
     posterior = model.posterior(x)
     torch.testing.assert_close(log_posterior_ratio(model, z1=z1, z2=z2, x=x), posterior.log_prob(z1) - posterior.log_prob(z2))
+
+
+def test_mse_and_psnr_per_image_pair() -> None:
+    from companion.metrics import mse, psnr
+
+    x = torch.zeros(2, 1, 4, 4)
+    y = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.5)])
+    assert torch.allclose(mse(x, y), torch.tensor([0.01, 0.25]))
+    assert torch.allclose(psnr(x, y), torch.tensor([20.0, 6.0206]), atol=1e-3)
+    with pytest.raises(ValueError, match="same shape"):
+        mse(x, y[:, :, :2])

@@ -118,3 +118,16 @@ def test_open_question_settings_include_the_plain_vae_the_encoder_alone_and_an_a
     assert 0 in oq.defence_steps_grid and len(oq.defence_steps_grid) >= 2
     assert oq.radius in profile.attack.radii  # one of the radii chapter 4 attacks with
     assert min(oq.adaptive_steps_grid) >= 1 and oq.adaptive_hmc_steps >= 1 and oq.eot_samples >= 1
+
+
+def test_diffusion_settings_hold_the_authors_fashion_mnist_model_in_the_full_profile() -> None:
+    d = FULL.diffusion
+    assert (d.data, d.channels, d.res_blocks, d.dropout, d.T, d.batch_size, d.lr, d.ema_decay) == (
+        "fashion_mnist", 64, 3, 0.3, 500, 128, 1e-4, 0.9999)
+    assert d.image_size == 32  # 28×28 zero-padded: the UNet halves the side three times
+
+
+def test_quick_diffusion_settings_are_offline_and_use_the_papers_beta_1_values() -> None:
+    d = QUICK.diffusion
+    assert d.data == "digits" and d.ood_data == "glyphs"
+    assert set(d.beta_1s) <= {0.2, 0.1, 0.05, 0.025, 0.001}
