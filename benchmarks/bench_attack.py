@@ -10,12 +10,12 @@ batch sizes 1, 64 and 1024. Target (issue 4): ratio at most 1.3 at batch 64 and 
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 from companion.attacks import AttackConfig, symmetric_kl, pgd
 from companion.models import ConvVAE, VAEConfig
+from timing import median_time
 
 STEPS, REPEATS = 20, 5
 
@@ -32,14 +32,6 @@ def attack(model: ConvVAE, x: torch.Tensor, steps: int) -> None:
     config = AttackConfig(radius=0.1, steps=steps, restarts=1)
     pgd(lambda xa: symmetric_kl(model.encode(xa), q_ref), x_ref=x, config=config, generator=torch.Generator().manual_seed(0))
 
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 import jax  # noqa: E402 (after XLA_FLAGS)
@@ -46,17 +45,10 @@ import torch  # noqa: E402
 from companion.hmc import numpyro as hmc_numpyro  # noqa: E402
 from companion.hmc import torch as hmc_torch  # noqa: E402
 from companion.models import ConvVAE, VAEConfig  # noqa: E402
+from timing import median_time  # noqa: E402
 
 LEAPFROG, STEP_SIZE, REPEATS = 10, 0.05, 5
 
-
-def median_time(fn, repeats: int = 1) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def torch_reference(model: ConvVAE, z: torch.Tensor, x: torch.Tensor) -> None:
