@@ -95,6 +95,22 @@ class DDPM(nn.Module):
         eps = self.net(z, torch.full((z.shape[0],), t, device=z.device))
         return ((z - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
 
+    def reverse_step(self, z: torch.Tensor, *, t: int, noise: torch.Tensor | None) -> torch.Tensor:
+        """One ancestral step z_t → z_{t−1} ~ p_θ(z_{t−1} | z_t), differentiable in z.
+
+        Args:
+            z: (B, C, H, W) states at step t (1..T).
+            noise: the standard normal draw of the step (shape of z); ``None`` only at t = 1,
+                whose step returns the posterior mean (Ho et al. add no noise there).
+
+        Returns:
+            z_{t−1} (B, C, H, W): the posterior mean at the predicted x̂ plus β̃_t^½ · noise.
+        """
+        if (noise is None) != (t == 1):
+            raise ValueError(f"step t = {t} needs {'no' if t == 1 else 'a'} noise draw")
+        mean = self.coef_x[t - 1] * self.predict_x(z, t) + self.coef_z[t - 1] * z
+        return mean if noise is None else mean + self.post_std[t - 1] * noise
+
     @torch.no_grad()
     def reverse(
         self,
@@ -128,13 +144,8 @@ class DDPM(nn.Module):
         recorded = {}
         try:
             for t in progress_bar(range(t_start, t_stop, -1), desc="sampling", enabled=progress):
-                x_hat = self.predict_x(z, t)
-                mean = self.coef_x[t - 1] * x_hat + self.coef_z[t - 1] * z
-                if t > 1:
-                    noise = torch.randn(z.shape, device=z.device, generator=generator)
-                    z = mean + self.post_std[t - 1] * noise
-                else:
-                    z = mean
+                noise = torch.randn(z.shape, device=z.device, generator=generator) if t > 1 else None
+                z = self.reverse_step(z, t=t, noise=noise)
                 if t - 1 in record_at:
                     recorded[t - 1] = z
         finally:

@@ -1,0 +1,241 @@
+"""Attacking denoisers: DAED's autoencoder and the diffusion backward process (chapter 9, §5).
+
+Both denoisers of chapter 8 take an image x, noise it to step k with the forward process,
+z_k = √ᾱ_k x + √(1 − ᾱ_k) ε, and bring z_k back to an image: the denoising autoencoder
+in one pass, D(z_k), the diffusion by k ancestral steps of p_θ(z_{t−1} | z_t). An attacker
+who perturbs x within an L∞ ball of radius δ wants the *output* to move.
+
+The attack is white-box and knows the randomness is there. Every noise draw the denoiser
+makes (ε, and the k − 1 noises of the backward steps) is drawn ``eot_samples`` times
+before the attack starts and held fixed while projected gradient ascent
+(:func:`companion.attacks.pgd`) maximises the mean squared pixel distance between the
+outputs for x^a and for x^r *under the same draw*, averaged over the draws: expectation
+over transformation (Athalye, Carlini & Wagner, 2018). Gradients run through every
+backward step. With one draw the attacker tunes x^a to a single realisation of the noise;
+scoring that x^a with fresh noise (:func:`output_shift`) measures how much of the attack
+the denoiser's randomness washes out, the role HMC's randomness plays in chapter 6.
+
+Outputs are compared with the *same* fresh noise for x^a and x^r, so the distance counts
+what the perturbation did, not the spread the noise alone gives (reported next to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from companion.attacks import AttackConfig, AttackResult, pgd
+from companion.data import check_images
+from companion.diffusion.daed import DenoisingAutoencoder
+from companion.diffusion.ddpm import DDPM, to_model_space, to_pixels
+from companion.diffusion.schedules import q_sample
+from companion.frozen import frozen
+
+__all__ = ["Denoiser", "DenoiserNoise", "draw_noise", "denoiser_attack", "OutputShift", "output_shift"]
+
+
+class DenoiserNoise(NamedTuple):
+    """Every random draw of one pass of a denoiser over a batch.
+
+    Attributes:
+        start: (..., B, C, H, W) the ε of z_k = √ᾱ_k x + √(1 − ᾱ_k) ε.
+        steps: (..., k − 1, B, C, H, W) the noises of the backward steps k, …, 2 (step 1 adds
+            none); zero-length for the autoencoder.
+    """
+
+    start: torch.Tensor
+    steps: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """A noise-then-denoise map of images: DAED's autoencoder or the diffusion run back from k.
+
+    Build it with :meth:`autoencoder` or :meth:`backward`; call it as ``denoiser(images,
+    noise=...)`` to get pixels, differentiably in the images.
+
+    Attributes:
+        model: the :class:`DenoisingAutoencoder` or the :class:`DDPM`.
+        k: the step images are noised to.
+    """
+
+    model: DenoisingAutoencoder | DDPM
+    k: int
+
+    @classmethod
+    def autoencoder(cls, dae: DenoisingAutoencoder) -> "Denoiser":
+        """x ↦ D(z_k), z_k ~ q(z_k | x), at the autoencoder's own split step k."""
+        return cls(model=dae, k=dae.k)
+
+    @classmethod
+    def backward(cls, ddpm: DDPM, *, k: int) -> "Denoiser":
+        """x ↦ the backward process run from z_k ~ q(z_k | x) down to z_0.
+
+        Raises:
+            ValueError: k outside 1..T.
+        """
+        if not 1 <= k <= ddpm.T:
+            raise ValueError(f"k must lie in 1..T = {ddpm.T}, got {k}")
+        return cls(model=ddpm, k=k)
+
+    @property
+    def name(self) -> str:
+        return "autoencoder" if isinstance(self.model, DenoisingAutoencoder) else "backward diffusion"
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.model.image_shape)
+
+    @property
+    def reverse_steps(self) -> int:
+        """Noise draws of the backward steps: k − 1 for the diffusion, none for the autoencoder."""
+        return 0 if isinstance(self.model, DenoisingAutoencoder) else self.k - 1
+
+    def __call__(self, images: torch.Tensor, *, noise: DenoiserNoise) -> torch.Tensor:
+        """Denoise pixel images (B, C, H, W) in [0, 1] with the given draws; pixels (B, C, H, W)."""
+        z = q_sample(self.model.schedule, to_model_space(images), self.k, noise=noise.start)
+        if isinstance(self.model, DenoisingAutoencoder):
+            return to_pixels(self.model(z))
+        for i, t in enumerate(range(self.k, 0, -1)):
+            z = self.model.reverse_step(z, t=t, noise=noise.steps[i] if t > 1 else None)
+        return to_pixels(z)
+
+
+def draw_noise(
+    denoiser: Denoiser, *, batch: int, draws: tuple[int, ...] = (), generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> DenoiserNoise:
+    """Standard normal draws for ``batch`` images, with leading shape ``draws`` (e.g. (E,))."""
+    shape = (batch, *denoiser.image_shape)
+    return DenoiserNoise(
+        start=torch.randn(*draws, *shape, generator=generator, device=device),
+        steps=torch.randn(*draws, denoiser.reverse_steps, *shape, generator=generator, device=device),
+    )
+
+
+@contextmanager
+def _evaluating(denoiser: Denoiser) -> Iterator[None]:
+    """Frozen weights and eval mode (no dropout) for the duration; the training flag is restored."""
+    was_training = denoiser.model.training
+    denoiser.model.eval()
+    try:
+        with frozen(denoiser.model):
+            yield
+    finally:
+        denoiser.model.train(was_training)
+
+
+def _select(noise: DenoiserNoise, e: int) -> DenoiserNoise:
+    return DenoiserNoise(start=noise.start[e], steps=noise.steps[e])
+
+
+def _repeat(noise: DenoiserNoise, times: int) -> DenoiserNoise:
+    """Repeat every draw along the batch axis (the restarts of :func:`pgd`, restart-major)."""
+    return DenoiserNoise(start=noise.start.repeat(times, 1, 1, 1), steps=noise.steps.repeat(1, times, 1, 1, 1))
+
+
+def denoiser_attack(
+    denoiser: Denoiser,
+    x_ref: torch.Tensor,
+    *,
+    config: AttackConfig,
+    eot_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[AttackResult, DenoiserNoise]:
+    """Perturb images to move a denoiser's output, through all its steps, noise held fixed.
+
+    Args:
+        denoiser: what to attack (:class:`Denoiser`).
+        x_ref: (B, C, H, W) references, pixels in [0, 1].
+        config: the projected-gradient settings (radius δ in pixels, norm, steps, restarts).
+        eot_samples: noise draws averaged in the objective (>= 1).
+        generator: seeds the draws and the attack's random starts (on the images' device).
+
+    Returns:
+        The :class:`~companion.attacks.AttackResult` (its ``objective``: the mean over the
+        draws of the squared pixel distance between the outputs, per image) and the draws
+        the attack was tuned to, with leading shape (eot_samples,).
+
+    Raises:
+        ValueError: images of the wrong shape or outside [0, 1], or ``eot_samples`` < 1.
+    """
+    check_images(x_ref, shape=denoiser.image_shape)
+    if eot_samples < 1:
+        raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
+    noise = draw_noise(denoiser, batch=x_ref.shape[0], draws=(eot_samples,), generator=generator,
+                       device=x_ref.device)
+    stacked = [_repeat(_select(noise, e), config.restarts) for e in range(eot_samples)]
+    with _evaluating(denoiser), torch.no_grad():
+        ref = x_ref.repeat(config.restarts, 1, 1, 1)
+        targets = [denoiser(ref, noise=n) for n in stacked]
+
+    def objective(x: torch.Tensor) -> torch.Tensor:  # (R·B, C, H, W) -> (R·B,)
+        total = 0.0
+        for n, target in zip(stacked, targets):
+            total = total + (denoiser(x, noise=n) - target).pow(2).flatten(1).sum(1)
+        return total / eot_samples
+
+    with _evaluating(denoiser):
+        return pgd(objective, x_ref=x_ref, config=config, generator=generator), noise
+
+
+class OutputShift(NamedTuple):
+    """How far a denoiser's output moves, per image, as root mean squared pixel differences.
+
+    Attributes:
+        attacked: (B,) between the outputs for x^a and x^r under the same noise draws.
+        noise_only: (B,) between two outputs for x^r under independent draws: the spread the
+            denoiser's randomness alone gives, the scale to read ``attacked`` against.
+    """
+
+    attacked: torch.Tensor
+    noise_only: torch.Tensor
+
+
+@torch.no_grad()
+def output_shift(
+    denoiser: Denoiser,
+    *,
+    clean: torch.Tensor,
+    attacked: torch.Tensor,
+    draws: int = 4,
+    noise: DenoiserNoise | None = None,
+    generator: torch.Generator | None = None,
+) -> OutputShift:
+    """Score attacked images by how far they move the denoiser's output (see :class:`OutputShift`).
+
+    Args:
+        clean, attacked: (B, C, H, W) pixels in [0, 1].
+        draws: fresh noise draws averaged (>= 1), when ``noise`` is not given.
+        noise: draws to use instead of fresh ones, with leading shape (E,) (e.g. the ones
+            :func:`denoiser_attack` was tuned to); ``noise_only`` still uses fresh draws.
+        generator: seeds the fresh draws.
+
+    Returns:
+        :class:`OutputShift` (pixels in [0, 1], so 0.1 is a tenth of the pixel range).
+    """
+    check_images(clean, shape=denoiser.image_shape)
+    check_images(attacked, shape=denoiser.image_shape)
+    if clean.shape != attacked.shape:
+        raise ValueError(f"clean and attacked images differ in shape: {tuple(clean.shape)} vs {tuple(attacked.shape)}")
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    b, device = clean.shape[0], clean.device
+    paired = noise if noise is not None else draw_noise(denoiser, batch=b, draws=(draws,), generator=generator,
+                                                         device=device)
+    with _evaluating(denoiser):
+        moved = torch.stack([
+            (denoiser(attacked, noise=_select(paired, e)) - denoiser(clean, noise=_select(paired, e))).pow(2).flatten(1).mean(1)
+            for e in range(paired.start.shape[0])
+        ])
+        other = draw_noise(denoiser, batch=b, draws=(2, draws), generator=generator, device=device)
+        spread = torch.stack([
+            (denoiser(clean, noise=_select(_select(other, 0), e)) - denoiser(clean, noise=_select(_select(other, 1), e)))
+            .pow(2).flatten(1).mean(1)
+            for e in range(draws)
+        ])
+    return OutputShift(attacked=moved.mean(0).sqrt(), noise_only=spread.mean(0).sqrt())
