@@ -228,7 +228,7 @@ class DefenceSettings:
 
 @dataclass(frozen=True)
 class OpenQuestionsSettings:
-    """Chapter 9, sections 1–4: adaptive attacks, robustness scores, OOD detection, decoder attacks.
+    """Chapter 9: adaptive attacks, robustness scores, OOD detection, decoder and denoiser attacks.
 
     Attributes:
         radius: L∞ attack radius δ of every section (one of chapter 4's radii).
@@ -247,6 +247,11 @@ class OpenQuestionsSettings:
         ood_hmc_steps: T of the chains behind the HMC scores.
         decoder_step_grid: attack steps at which the SKL and reconstruction attacks are compared.
         power_iterations: power iterations of the decoder's Jacobian.
+        denoiser_beta_1s: β_1 of the DAED autoencoders attacked in section 5 (chapter 8's
+            models; the backward diffusion is attacked from the same split steps k).
+        denoiser_attack_steps: projected-gradient steps of the attacks on the denoisers.
+        denoiser_eot: noise draws the expectation-over-transformation attacker averages.
+        denoiser_draws: fresh noise draws that score every attacked image.
     """
 
     radius: float = 0.2
@@ -265,6 +270,13 @@ class OpenQuestionsSettings:
     ood_hmc_steps: int = 20
     decoder_step_grid: tuple[int, ...] = (1, 2, 5, 20)
     power_iterations: int = 20
+    denoiser_beta_1s: tuple[float, ...] = (0.001, 0.05, 0.2)
+    denoiser_attack_steps: int = 20
+    denoiser_eot: int = 2
+    denoiser_draws: int = 4
+
+
+GENERATOR_INITS = ("scratch", "ddpm")
 
 
 @dataclass(frozen=True)
@@ -293,6 +305,12 @@ class DiffusionSettings:
         n_denoise: images per data set in the denoising experiments.
         fid_margin: the most FID may rise when DAED replaces up to about 10 % of the steps
             (quick profile: β₁ = 0.1 raised it by 0.7, 1.5 and 2.3 at seeds 0, 1, 2).
+        generator_beta_1s: β_1 whose DAED also gets its own generator, a diffusion trained
+            only on the steps after k (each must be one of ``beta_1s``).
+        generator_init: ``scratch`` (a fresh network, as Deja et al. train it) or ``ddpm``
+            (start from chapter 7's DDPM and train on the steps after k only: the quick
+            profile's budget cannot train another diffusion from scratch).
+        generator_steps: gradient steps of each such generator.
     """
 
     data: str = "digits"
@@ -317,6 +335,16 @@ class DiffusionSettings:
     noise_fractions: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2, 0.3)
     n_denoise: int = 250
     fid_margin: float = 3.0
+    generator_beta_1s: tuple[float, ...] = (0.1,)
+    generator_init: str = "ddpm"
+    generator_steps: int = 200
+
+    def __post_init__(self) -> None:
+        if self.generator_init not in GENERATOR_INITS:
+            raise ValueError(f"generator_init must be one of {GENERATOR_INITS}, got {self.generator_init!r}")
+        if not set(self.generator_beta_1s) <= set(self.beta_1s):
+            raise ValueError(f"generator_beta_1s {self.generator_beta_1s} must be among beta_1s {self.beta_1s}: "
+                             "each generator is paired with that β_1's autoencoder")
 
 
 @dataclass(frozen=True)
@@ -334,7 +362,7 @@ class Profile:
         attack: chapter 4 settings.
         tv_bound: chapter 5 settings.
         defence: chapter 6 settings.
-        open_questions: chapter 9 settings (sections 1–4).
+        open_questions: chapter 9 settings.
         diffusion: chapters 7 and 8 settings.
     """
 
@@ -396,12 +424,14 @@ FULL = Profile(
         per_class=20, attack_steps=100, adaptive_steps_grid=(5, 20, 50), adaptive_hmc_steps=10, eot_samples=4,
         defence_steps_grid=(0, 10, 50, 100), betas=(1.0, 2.0, 5.0, 10.0), gap_k=1_000, n_ood=1_000,
         ood_k=1_000, ood_hmc_steps=100, decoder_step_grid=(1, 2, 5, 20, 100),
+        denoiser_attack_steps=50, denoiser_eot=4, denoiser_draws=8,
     ),
     diffusion=DiffusionSettings(
         data="fashion_mnist", ood_data="mnist", image_size=32, T=500, channels=64,
         channel_mults=(1, 2, 2, 2), res_blocks=3, attention_resolutions=(16,), dropout=0.3,
         train_steps=60_000, dae_steps=20_000, batch_size=128, lr=1e-4, ema_decay=0.9999,
         n_samples=10_000, classifier_steps=5_000, n_denoise=1_000,
+        generator_beta_1s=(0.1, 0.2), generator_init="scratch", generator_steps=60_000,
     ),
 )
 

@@ -24,7 +24,7 @@ from companion.train import History, TrainConfig, train_vae
 
 __all__ = [
     "training_budget", "chapter2_vae", "beta_vae", "chapter3_hvae", "diffusion_unet_config", "diffusion_train_config",
-    "chapter7_ddpm", "chapter8_dae", "feature_classifier",
+    "chapter7_ddpm", "chapter8_dae", "chapter8_generator", "feature_classifier",
 ]
 
 
@@ -172,6 +172,45 @@ def chapter8_dae(profile: Profile, *, beta_1: float, device: torch.device) -> "D
     key = _diffusion_key(profile, steps=s.dae_steps, seed_offset=1, model="dae", beta_1=beta_1,
                          output="x from predicted noise")
     return cached_model(key=key, build=build, train=train, name=f"dae-{beta_1:g}")
+
+
+def chapter8_generator(profile: Profile, *, beta_1: float, device: torch.device) -> "DDPM":
+    """DAED's own generator for one β_1: a diffusion trained only on the steps after k (cached).
+
+    ``profile.diffusion.generator_init`` says where training starts: ``scratch`` (a fresh
+    network, as Deja et al. train it) or ``ddpm`` (chapter 7's DDPM, which has seen all
+    steps; training it on t > k then specialises it, at a fraction of the cost).
+
+    Raises:
+        ValueError: β_1 not among ``profile.diffusion.beta_1s`` (it needs that β_1's autoencoder).
+    """
+    from companion.cache import cached_model
+    from companion.diffusion import DDPM, make_schedule, split_step, train_ddpm
+    from companion.diffusion.images import load_diffusion_images
+    from companion.models.unet import UNet
+
+    s = profile.diffusion
+    if beta_1 not in s.beta_1s:
+        raise ValueError(f"beta_1 = {beta_1} is not one of the profile's beta_1s {s.beta_1s}")
+    schedule = make_schedule(s.schedule, s.T)
+    k = split_step(schedule, beta_1)
+
+    def build() -> DDPM:
+        seed_everything(profile.seed + 2)
+        model = DDPM(UNet(diffusion_unet_config(profile)), schedule).to(device)
+        if s.generator_init == "ddpm":
+            model.load_state_dict(chapter7_ddpm(profile, device=device).state_dict())
+        return model
+
+    def train(model: DDPM) -> None:
+        images = load_diffusion_images(name=s.data, split="train", image_size=s.image_size).images
+        train_ddpm(model, images=images, config=diffusion_train_config(profile, steps=s.generator_steps, seed_offset=2),
+                   t_min=k + 1)
+
+    start = {"init": s.generator_init} | ({"ddpm_steps": s.train_steps} if s.generator_init == "ddpm" else {})
+    key = _diffusion_key(profile, steps=s.generator_steps, seed_offset=2, model="daed-generator", beta_1=beta_1,
+                         t_min=k + 1, **start)
+    return cached_model(key=key, build=build, train=train, name=f"generator-{beta_1:g}")
 
 
 def feature_classifier(profile: Profile, *, device: torch.device) -> "FeatureClassifier":

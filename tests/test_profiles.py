@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 import random
 
 import numpy as np
@@ -131,3 +132,11 @@ def test_quick_diffusion_settings_are_offline_and_use_the_papers_beta_1_values()
     d = QUICK.diffusion
     assert d.data == "digits" and d.ood_data == "glyphs"
     assert set(d.beta_1s) <= {0.2, 0.1, 0.05, 0.025, 0.001}
+
+
+def test_daed_generators_are_paired_with_an_autoencoder_and_start_from_a_known_place() -> None:
+    assert QUICK.diffusion.generator_init == "ddpm" and FULL.diffusion.generator_init == "scratch"
+    with pytest.raises(ValueError, match="generator_init must be one of"):
+        replace(QUICK.diffusion, generator_init="pretrained")
+    with pytest.raises(ValueError, match="must be among beta_1s"):
+        replace(QUICK.diffusion, generator_beta_1s=(0.3,))

@@ -68,3 +68,31 @@ def test_the_beta_recipe_refuses_a_non_positive_beta() -> None:
     train, valid = _splits()
     with pytest.raises(ValueError, match="beta must be positive"):
         recipes.beta_vae(TINY, beta=0.0, train=train, valid=valid, device=torch.device("cpu"))
+
+
+TINY_DIFFUSION = replace(QUICK, diffusion=replace(
+    QUICK.diffusion, T=40, channels=8, attention_resolutions=(), train_steps=3, dae_steps=2, generator_steps=3,
+    batch_size=16, classifier_steps=2,
+))
+
+
+def test_daed_generator_starts_from_chapter_sevens_ddpm_and_trains_only_after_the_split_step(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    ddpm = recipes.chapter7_ddpm(TINY_DIFFUSION, device=cpu)
+    seen = {}
+    # Training is recorded, not run; chapter 7's DDPM is a cache hit from here on.
+    monkeypatch.setattr("companion.diffusion.train_ddpm", lambda model, **kw: seen.update(kw, start=model.state_dict()))
+    recipes.chapter8_generator(TINY_DIFFUSION, beta_1=0.1, device=cpu)
+    from companion.diffusion import make_schedule, split_step
+
+    assert seen["t_min"] == split_step(make_schedule("linear", 40), 0.1) + 1 and seen["config"].steps == 3
+    for (name, a), b in zip(ddpm.state_dict().items(), seen["start"].values()):
+        assert torch.equal(a, b), name
+    scratch = replace(TINY_DIFFUSION, diffusion=replace(TINY_DIFFUSION.diffusion, generator_init="scratch"))
+    recipes.chapter8_generator(scratch, beta_1=0.1, device=cpu)
+    assert any(not torch.equal(a, b) for a, b in zip(ddpm.state_dict().values(), seen["start"].values()))
+
+
+def test_daed_generator_needs_a_beta_1_with_an_autoencoder() -> None:
+    with pytest.raises(ValueError, match="not one of the profile's beta_1s"):
+        recipes.chapter8_generator(TINY_DIFFUSION, beta_1=0.3, device=torch.device("cpu"))

@@ -17,7 +17,7 @@ from companion.data import check_images
 from companion.diffusion.ddpm import DDPM, DiffusionHistory, DiffusionTrainConfig, fit, to_model_space, to_pixels
 from companion.diffusion.schedules import Schedule, q_sample, split_step
 
-__all__ = ["DenoisingAutoencoder", "train_dae", "daed_samples"]
+__all__ = ["DenoisingAutoencoder", "train_dae", "daed_samples", "daed_sample"]
 
 
 class DenoisingAutoencoder(nn.Module):
@@ -103,8 +103,7 @@ def daed_samples(
         {None: DDPM samples, β_1: DAED samples}, each (n, C, H, W) pixels in [0, 1] on the CPU.
     """
     for beta_1, dae in daes.items():
-        if dae.schedule.T != ddpm.T or not torch.equal(dae.schedule.alpha_bars, ddpm.schedule.alpha_bars):
-            raise ValueError(f"the DAE for β₁ = {beta_1} was built for another forward process than the DDPM")
+        _check_same_process(ddpm, dae)
     ks = tuple(sorted({dae.k for dae in daes.values()}))
     x, recorded = ddpm.sample(n, generator=generator, record_at=ks, batch_size=batch_size, progress=progress)
     out: dict[float | None, torch.Tensor] = {None: x}
@@ -113,3 +112,45 @@ def daed_samples(
         z = recorded[dae.k]
         out[beta_1] = torch.cat([to_pixels(dae(z[i : i + batch_size].to(device))).cpu() for i in range(0, n, batch_size)])
     return out
+
+
+@torch.no_grad()
+def daed_sample(
+    diffusion: DDPM,
+    dae: DenoisingAutoencoder,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int = 1_000,
+    progress: bool | None = None,
+) -> torch.Tensor:
+    """Samples of DAED with its own generator: ``diffusion`` from T down to k, then ``dae``.
+
+    ``diffusion`` is meant to be a DAED generator (a DDPM trained only on the steps after k,
+    :func:`~companion.diffusion.ddpm.train_ddpm` with ``t_min = k + 1``); steps 1..k of it are
+    never run. The draws follow :meth:`DDPM.sample`: with the same seed and n ≤ ``batch_size``,
+    z_T and the noise of every step down to k are those of a DDPM sample, so the two sets
+    differ only by the networks (common random numbers, as in :func:`daed_samples`).
+
+    Returns:
+        (n, C, H, W) pixels in [0, 1] on the CPU.
+
+    Raises:
+        ValueError: n < 1, or the two models built for different forward processes.
+    """
+    _check_same_process(diffusion, dae)
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    device = diffusion.betas.device
+    outs = []
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        z = torch.randn((m, *diffusion.image_shape), device=device, generator=generator)
+        z_k, _ = diffusion.reverse(z, t_start=diffusion.T, t_stop=dae.k, generator=generator, progress=progress)
+        outs.append(to_pixels(dae(z_k.to(next(dae.parameters()).device))).cpu())
+    return torch.cat(outs)
+
+
+def _check_same_process(ddpm: DDPM, dae: DenoisingAutoencoder) -> None:
+    if dae.schedule.T != ddpm.T or not torch.equal(dae.schedule.alpha_bars, ddpm.schedule.alpha_bars):
+        raise ValueError(f"the DAE for β₁ = {dae.beta_1} was built for another forward process than the DDPM")

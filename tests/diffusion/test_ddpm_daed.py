@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from companion.diffusion import (DDPM, DenoisingAutoencoder, DiffusionTrainConfig, daed_samples, make_schedule, split_step,
-                                 train_dae, train_ddpm)
+from companion.diffusion import (DDPM, DenoisingAutoencoder, DiffusionTrainConfig, daed_sample, daed_samples,
+                                 make_schedule, split_step, train_dae, train_ddpm)
 from companion.diffusion.ddpm import ema_update
 from companion.models.unet import UNet, UNetConfig
 
@@ -121,3 +121,17 @@ def test_daed_samples_share_the_ddpm_trajectories() -> None:
     other = DenoisingAutoencoder(UNet(CONFIG), make_schedule("cosine", 30), beta_1=0.1)
     with pytest.raises(ValueError, match="another forward process"):
         daed_samples(ddpm, {0.1: other}, 2, progress=False)
+
+
+def test_daed_with_its_own_generator_shares_the_ddpms_random_numbers_down_to_k() -> None:
+    ddpm = _ddpm()
+    dae = DenoisingAutoencoder(UNet(CONFIG), ddpm.schedule, beta_1=0.1)
+    own = daed_sample(ddpm, dae, 5, generator=torch.Generator().manual_seed(7))
+    shared = daed_samples(ddpm, {0.1: dae}, 5, generator=torch.Generator().manual_seed(7), progress=False)
+    torch.testing.assert_close(own, shared[0.1])  # the same network as generator: the same samples
+    assert own.shape == (5, 1, 8, 8) and 0 <= own.min() and own.max() <= 1
+    other = DenoisingAutoencoder(UNet(CONFIG), make_schedule("linear", 40), beta_1=0.1)
+    with pytest.raises(ValueError, match="another forward process"):
+        daed_sample(ddpm, other, 2)
+    with pytest.raises(ValueError, match="n must be positive"):
+        daed_sample(ddpm, dae, 0)
