@@ -133,9 +133,13 @@ def _select(noise: DenoiserNoise, e: int) -> DenoiserNoise:
     return DenoiserNoise(start=noise.start[e], steps=noise.steps[e])
 
 
-def _repeat(noise: DenoiserNoise, times: int) -> DenoiserNoise:
-    """Repeat every draw along the batch axis (the restarts of :func:`pgd`, restart-major)."""
-    return DenoiserNoise(start=noise.start.repeat(times, 1, 1, 1), steps=noise.steps.repeat(1, times, 1, 1, 1))
+def _batched(noise: DenoiserNoise, *, restarts: int = 1) -> DenoiserNoise:
+    """Draws with leading shape (E,) for B images → the draws of one batch of E·restarts·B
+    images (draw-major; within a draw restart-major, as :func:`pgd` stacks its restarts),
+    so that all draws run through the denoiser in one pass."""
+    start = noise.start.repeat(1, restarts, 1, 1, 1)  # (E, R·B, C, H, W)
+    steps = noise.steps.repeat(1, 1, restarts, 1, 1, 1)  # (E, k − 1, R·B, C, H, W)
+    return DenoiserNoise(start=start.flatten(0, 1), steps=steps.transpose(0, 1).flatten(1, 2))
 
 
 def denoiser_attack(
@@ -168,16 +172,13 @@ def denoiser_attack(
         raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
     noise = draw_noise(denoiser, batch=x_ref.shape[0], draws=(eot_samples,), generator=generator,
                        device=x_ref.device)
-    stacked = [_repeat(_select(noise, e), config.restarts) for e in range(eot_samples)]
+    batched = _batched(noise, restarts=config.restarts)
     with _evaluating(denoiser), torch.no_grad():
-        ref = x_ref.repeat(config.restarts, 1, 1, 1)
-        targets = [denoiser(ref, noise=n) for n in stacked]
+        target = denoiser(x_ref.repeat(eot_samples * config.restarts, 1, 1, 1), noise=batched)
 
     def objective(x: torch.Tensor) -> torch.Tensor:  # (R·B, C, H, W) -> (R·B,)
-        total = 0.0
-        for n, target in zip(stacked, targets):
-            total = total + (denoiser(x, noise=n) - target).pow(2).flatten(1).sum(1)
-        return total / eot_samples
+        moved = denoiser(x.repeat(eot_samples, 1, 1, 1), noise=batched) - target
+        return moved.pow(2).flatten(1).sum(1).view(eot_samples, -1).mean(0)
 
     with _evaluating(denoiser):
         return pgd(objective, x_ref=x_ref, config=config, generator=generator), noise
@@ -227,15 +228,14 @@ def output_shift(
     b, device = clean.shape[0], clean.device
     paired = noise if noise is not None else draw_noise(denoiser, batch=b, draws=(draws,), generator=generator,
                                                          device=device)
+    e = paired.start.shape[0]
     with _evaluating(denoiser):
-        moved = torch.stack([
-            (denoiser(attacked, noise=_select(paired, e)) - denoiser(clean, noise=_select(paired, e))).pow(2).flatten(1).mean(1)
-            for e in range(paired.start.shape[0])
-        ])
+        flat = _batched(paired)
+        moved = denoiser(attacked.repeat(e, 1, 1, 1), noise=flat) - denoiser(clean.repeat(e, 1, 1, 1), noise=flat)
         other = draw_noise(denoiser, batch=b, draws=(2, draws), generator=generator, device=device)
-        spread = torch.stack([
-            (denoiser(clean, noise=_select(_select(other, 0), e)) - denoiser(clean, noise=_select(_select(other, 1), e)))
-            .pow(2).flatten(1).mean(1)
-            for e in range(draws)
-        ])
+        repeated = clean.repeat(draws, 1, 1, 1)
+        spread = (denoiser(repeated, noise=_batched(_select(other, 0)))
+                  - denoiser(repeated, noise=_batched(_select(other, 1))))
+    moved = moved.pow(2).flatten(1).mean(1).view(e, b)
+    spread = spread.pow(2).flatten(1).mean(1).view(draws, b)
     return OutputShift(attacked=moved.mean(0).sqrt(), noise_only=spread.mean(0).sqrt())
