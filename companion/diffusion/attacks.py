@@ -16,7 +16,7 @@ scoring that x^a with fresh noise (:func:`output_shift`) measures how much of th
 the denoiser's randomness washes out, the role HMC's randomness plays in chapter 6.
 
 Outputs are compared with the *same* fresh noise for x^a and x^r, so the distance counts
-what the perturbation did, not the spread the noise alone gives (reported next to it).
+what the perturbation did, not the spread the noise alone gives (:func:`noise_spread`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from companion.diffusion.ddpm import DDPM, to_model_space, to_pixels
 from companion.diffusion.schedules import q_sample
 from companion.frozen import frozen
 
-__all__ = ["Denoiser", "DenoiserNoise", "draw_noise", "denoiser_attack", "OutputShift", "output_shift"]
+__all__ = ["Denoiser", "DenoiserNoise", "draw_noise", "denoiser_attack", "output_shift", "noise_spread"]
 
 
 class DenoiserNoise(NamedTuple):
@@ -184,19 +184,6 @@ def denoiser_attack(
         return pgd(objective, x_ref=x_ref, config=config, generator=generator), noise
 
 
-class OutputShift(NamedTuple):
-    """How far a denoiser's output moves, per image, as root mean squared pixel differences.
-
-    Attributes:
-        attacked: (B,) between the outputs for x^a and x^r under the same noise draws.
-        noise_only: (B,) between two outputs for x^r under independent draws: the spread the
-            denoiser's randomness alone gives, the scale to read ``attacked`` against.
-    """
-
-    attacked: torch.Tensor
-    noise_only: torch.Tensor
-
-
 @torch.no_grad()
 def output_shift(
     denoiser: Denoiser,
@@ -206,36 +193,62 @@ def output_shift(
     draws: int = 4,
     noise: DenoiserNoise | None = None,
     generator: torch.Generator | None = None,
-) -> OutputShift:
-    """Score attacked images by how far they move the denoiser's output (see :class:`OutputShift`).
+) -> torch.Tensor:
+    """How far attacked images move the denoiser's output: RMS pixel difference per image.
+
+    The outputs for x^a and x^r are compared under the *same* noise draws, so the score
+    counts what the perturbation did; :func:`noise_spread` gives the scale to read it against.
 
     Args:
         clean, attacked: (B, C, H, W) pixels in [0, 1].
         draws: fresh noise draws averaged (>= 1), when ``noise`` is not given.
         noise: draws to use instead of fresh ones, with leading shape (E,) (e.g. the ones
-            :func:`denoiser_attack` was tuned to); ``noise_only`` still uses fresh draws.
+            :func:`denoiser_attack` was tuned to).
         generator: seeds the fresh draws.
 
     Returns:
-        :class:`OutputShift` (pixels in [0, 1], so 0.1 is a tenth of the pixel range).
+        (B,) root mean squared differences over pixels and draws (pixels in [0, 1]).
     """
     check_images(clean, shape=denoiser.image_shape)
     check_images(attacked, shape=denoiser.image_shape)
     if clean.shape != attacked.shape:
         raise ValueError(f"clean and attacked images differ in shape: {tuple(clean.shape)} vs {tuple(attacked.shape)}")
+    _check_draws(draws)
+    b = clean.shape[0]
+    paired = noise if noise is not None else draw_noise(denoiser, batch=b, draws=(draws,), generator=generator,
+                                                         device=clean.device)
+    e, flat = paired.start.shape[0], _batched(paired)
+    with _evaluating(denoiser):
+        moved = denoiser(attacked.repeat(e, 1, 1, 1), noise=flat) - denoiser(clean.repeat(e, 1, 1, 1), noise=flat)
+    return moved.pow(2).flatten(1).mean(1).view(e, b).mean(0).sqrt()
+
+
+@torch.no_grad()
+def noise_spread(
+    denoiser: Denoiser, images: torch.Tensor, *, draws: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The spread the denoiser's randomness alone gives: RMS pixel difference per image between
+    its outputs for the same images under two independent sets of draws.
+
+    Args:
+        images: (B, C, H, W) pixels in [0, 1].
+        draws: pairs of independent draws averaged (>= 1).
+        generator: seeds the draws.
+
+    Returns:
+        (B,) root mean squared differences (pixels in [0, 1]).
+    """
+    check_images(images, shape=denoiser.image_shape)
+    _check_draws(draws)
+    b = images.shape[0]
+    pairs = draw_noise(denoiser, batch=b, draws=(2, draws), generator=generator, device=images.device)
+    repeated = images.repeat(draws, 1, 1, 1)
+    with _evaluating(denoiser):
+        spread = (denoiser(repeated, noise=_batched(_select(pairs, 0)))
+                  - denoiser(repeated, noise=_batched(_select(pairs, 1))))
+    return spread.pow(2).flatten(1).mean(1).view(draws, b).mean(0).sqrt()
+
+
+def _check_draws(draws: int) -> None:
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    b, device = clean.shape[0], clean.device
-    paired = noise if noise is not None else draw_noise(denoiser, batch=b, draws=(draws,), generator=generator,
-                                                         device=device)
-    e = paired.start.shape[0]
-    with _evaluating(denoiser):
-        flat = _batched(paired)
-        moved = denoiser(attacked.repeat(e, 1, 1, 1), noise=flat) - denoiser(clean.repeat(e, 1, 1, 1), noise=flat)
-        other = draw_noise(denoiser, batch=b, draws=(2, draws), generator=generator, device=device)
-        repeated = clean.repeat(draws, 1, 1, 1)
-        spread = (denoiser(repeated, noise=_batched(_select(other, 0)))
-                  - denoiser(repeated, noise=_batched(_select(other, 1))))
-    moved = moved.pow(2).flatten(1).mean(1).view(e, b)
-    spread = spread.pow(2).flatten(1).mean(1).view(draws, b)
-    return OutputShift(attacked=moved.mean(0).sqrt(), noise_only=spread.mean(0).sqrt())

@@ -8,7 +8,7 @@ import torch
 
 from companion.attacks import AttackConfig, random_noise
 from companion.diffusion import DDPM, DenoisingAutoencoder, make_schedule
-from companion.diffusion.attacks import Denoiser, denoiser_attack, draw_noise, output_shift
+from companion.diffusion.attacks import Denoiser, denoiser_attack, draw_noise, noise_spread, output_shift
 from companion.models.unet import UNet, UNetConfig
 
 CONFIG = UNetConfig(image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=())
@@ -73,10 +73,10 @@ def test_the_attack_stays_feasible_beats_random_noise_and_reports_its_own_object
     assert (result.x_adv - x).abs().max() <= 0.1 + 1e-6 and 0 <= result.x_adv.min() and result.x_adv.max() <= 1
     # Scored under the draws it was tuned to, the shift is the objective: mean over draws of Σ pixels².
     tuned = output_shift(denoiser, clean=x, attacked=result.x_adv, noise=noise)
-    torch.testing.assert_close(tuned.attacked.pow(2) * 64, result.objective, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(tuned.pow(2) * 64, result.objective, rtol=1e-4, atol=1e-6)
     noisy = random_noise(x, like=result.x_adv, norm="linf", generator=torch.Generator().manual_seed(1))
     random_shift = output_shift(denoiser, clean=x, attacked=noisy, noise=noise)
-    assert (tuned.attacked > random_shift.attacked).all()
+    assert (tuned > random_shift).all()
 
 
 def test_the_attack_is_reproducible_from_its_generator_and_leaves_the_model_as_it_was() -> None:
@@ -93,10 +93,10 @@ def test_output_shift_separates_what_the_perturbation_did_from_what_the_noise_do
     denoiser = Denoiser.backward(_ddpm(), k=6)
     x = _images()
     shift = output_shift(denoiser, clean=x, attacked=x, draws=3, generator=torch.Generator().manual_seed(0))
-    assert torch.all(shift.attacked == 0)  # same images, same draws: nothing moved
-    assert torch.all(shift.noise_only > 0)  # independent draws: the backward process's own spread
+    assert torch.all(shift == 0)  # same images, same draws: nothing moved
+    assert torch.all(noise_spread(denoiser, x, draws=3) > 0)  # independent draws: the backward process's own spread
     deterministic = Denoiser.autoencoder(_dae(beta_1=1e-4))  # k = 1: ε enters scaled by √(1 − ᾱ_1) ≈ 0.06
-    assert output_shift(deterministic, clean=x, attacked=x, draws=2).noise_only.max() < 0.05
+    assert noise_spread(deterministic, x, draws=2).max() < 0.05
 
 
 def test_bad_input_is_refused_with_a_clear_message() -> None:
@@ -114,3 +114,5 @@ def test_bad_input_is_refused_with_a_clear_message() -> None:
         output_shift(denoiser, clean=x, attacked=x[:2])
     with pytest.raises(ValueError, match="draws"):
         output_shift(denoiser, clean=x, attacked=x, draws=0)
+    with pytest.raises(ValueError, match="draws"):
+        noise_spread(denoiser, x, draws=0)
