@@ -184,6 +184,32 @@ def test_the_curve_reads_one_chain_at_every_T_and_matches_separate_runs(x: torch
     assert not torch.equal(curve[2].z, curve[5].z)
 
 
+@pytest.mark.parametrize("model_kind", ["vae", "hierarchical"])
+def test_a_compiled_log_joint_gives_the_eager_chains(x: torch.Tensor, model_kind: str) -> None:
+    torch.manual_seed(0)
+    model = _vae() if model_kind == "vae" else HierarchicalVAE(HVAEConfig(image_size=8, z_dims=(2, 3), channels=(8,),
+                                                                          width=16))
+    run = lambda **kw: defence_curve(model, x, steps_grid=[0, 4], generator=torch.Generator().manual_seed(2),  # noqa: E731
+                                     **kw)
+    eager, compiled = run(), run(torch_compile=True)
+    for t in (0, 4):  # fixed step sizes: the same chains up to float rounding
+        torch.testing.assert_close(compiled[t].z, eager[t].z, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled[t].acceptance_rate, eager[t].acceptance_rate, rtol=1e-4, atol=1e-4,
+                                   equal_nan=True)
+    # dual averaging feeds on exp(-ΔH), where rounding shows: adapted steps agree to 1 %
+    adapted = [refine_posterior(model, x, steps=4, num_warmup=3, torch_compile=flag,
+                                generator=torch.Generator().manual_seed(2)).step_size for flag in (False, True)]
+    torch.testing.assert_close(adapted[1], adapted[0], rtol=0.01, atol=0.0)
+
+
+def test_torch_compile_is_refused_for_the_numpyro_backend(x: torch.Tensor) -> None:
+    # the check comes before any import of JAX, so this runs without the numpyro extra
+    for call in (lambda: refine_posterior(_vae(), x, steps=1, backend="numpyro", torch_compile=True),
+                 lambda: defence_curve(_vae(), x, steps_grid=[1], backend="numpyro", torch_compile=True)):
+        with pytest.raises(ValueError, match="torch_compile applies to backend='torch'"):
+            call()
+
+
 def test_the_curve_rejects_what_refine_posterior_rejects(x: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="steps"):
         defence_curve(_vae(), x, steps_grid=[0, -1])
