@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
-from companion.amortisation import fit_local_posteriors
+from companion.amortisation import fit_local_posteriors, posterior_modes
 from companion.models import LinearGaussian
 
 B, Z = 8, 2
@@ -109,3 +109,19 @@ def test_init_distribution_is_left_untouched(model, x) -> None:
 def test_fewer_than_one_step_is_rejected(model, x, steps: int) -> None:
     with pytest.raises(ValueError, match="steps must be >= 1"):
         fit_local_posteriors(model=model, x=x, init=_prior_like(), steps=steps)
+
+
+def test_posterior_modes_are_the_exact_posterior_means_of_a_gaussian_posterior(model, x) -> None:
+    # the linear-Gaussian posterior is Gaussian, so its mode is its mean
+    init = torch.zeros(B, Z, dtype=torch.float64)
+    modes = posterior_modes(model=model, x=x, init=init, steps=1_000, lr=0.05)
+    torch.testing.assert_close(modes, model.posterior(x).mean, atol=1e-4, rtol=0)
+    assert not modes.requires_grad and torch.equal(init, torch.zeros(B, Z, dtype=torch.float64))
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_posterior_modes_reject_bad_settings(model, x) -> None:
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        posterior_modes(model=model, x=x, init=torch.zeros(B, Z, dtype=torch.float64), steps=0)
+    with pytest.raises(ValueError, match="init must be"):
+        posterior_modes(model=model, x=x, init=torch.zeros(B + 1, Z, dtype=torch.float64))
