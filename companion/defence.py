@@ -80,7 +80,7 @@ def refine_posterior(
             backend seeds its JAX key from it, so seeded runs repeat exactly).
         torch_compile: run the torch backend's log joint through ``torch.compile``. Its
             value + gradient, the whole cost of a leapfrog step at batch ≥ 64, ran 1.3×
-            faster at batch 64 and 2.1× at 1024 on a 2-core CPU, and slower at batch 1
+            faster at batch 64 and 2× at 1024 on a 2-core CPU, and slower at batch 1
             (``benchmarks/bench_hmc.py``), after a compilation of 5-20 s per model,
             batch shape and device: worth it for long chains on large batches. With
             fixed step sizes the chains equal the eager ones up to float rounding; step
