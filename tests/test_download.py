@@ -139,7 +139,7 @@ def test_connection_dropped_on_every_mirror_is_a_connection_error_not_corruption
     assert list(cache.iterdir()) == []
 
 
-def test_unreachable_mirrors_raise_connection_error_pointing_to_offline_digits(
+def test_unreachable_mirrors_raise_connection_error_pointing_to_the_offline_mnist_5k(
     server: LoopbackServer, refused_url: str, cache: Path
 ) -> None:
     missing = server.url("missing/payload.bin")
@@ -155,7 +155,7 @@ def test_unreachable_mirrors_raise_connection_error_pointing_to_offline_digits(
     assert "payload.bin" in message
     assert refused_url in message and missing in message
     assert "HTTP 404" in message
-    assert "digits" in message and "COMPANION_PROFILE=quick" in message
+    assert "mnist_5k" in message and "COMPANION_PROFILE=quick" in message
     assert str(destination) in message and PAYLOAD_SHA256 in message
     assert list(cache.iterdir()) == []
 
