@@ -85,8 +85,10 @@ def fit_amortised_encoder(
     """Train an amortised encoder q_φ(z|x) by maximising the ELBO of a fixed model.
 
     Adam with a cosine learning-rate decay over ``steps`` minibatches drawn with
-    replacement from ``x``. The model's parameters are not changed; the encoder is trained
-    in place and returned.
+    replacement from ``x``. The model's parameters are not changed, except those that
+    belong to ``encoder`` itself (an encoder may be part of the model, as
+    :meth:`companion.models.ConvVAE.inference_network` is); the encoder is trained in place
+    and returned.
 
     Args:
         model: a model with ``prior`` and ``decode``.
@@ -102,9 +104,12 @@ def fit_amortised_encoder(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     batch_size = min(batch_size, len(x))
-    optimiser = torch.optim.Adam(encoder.parameters(), lr=lr)
+    trained = list(encoder.parameters())
+    if not trained:
+        raise ValueError("the encoder has no parameters to train")
+    optimiser = torch.optim.Adam(trained, lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    with frozen(model):
+    with frozen(model, keep=trained):
         for _ in progress_bar(range(steps), desc="encoder ELBO", enabled=progress):
             batch = x[torch.randint(len(x), (batch_size,), generator=generator, device=x.device)]
             loss = -elbo(model=model, x=batch, posterior=encoder(batch), n_samples=n_samples).elbo.mean()

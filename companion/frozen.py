@@ -8,7 +8,7 @@ error), so a caller's partly frozen model comes back exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
@@ -17,9 +17,16 @@ __all__ = ["frozen"]
 
 
 @contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Turn off ``requires_grad`` of every parameter of ``modules`` for the duration."""
-    params = [p for m in modules for p in m.parameters()]
+def frozen(*modules: nn.Module, keep: Iterable[nn.Parameter] = ()) -> Iterator[None]:
+    """Turn off ``requires_grad`` of every parameter of ``modules`` for the duration.
+
+    Args:
+        modules: the modules to freeze.
+        keep: parameters among them to leave as they are (an encoder trained inside a
+            model whose other weights stay fixed).
+    """
+    kept = {id(p) for p in keep}
+    params = [p for m in modules for p in m.parameters() if id(p) not in kept]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)

@@ -125,3 +125,27 @@ def test_posterior_modes_reject_bad_settings(model, x) -> None:
         posterior_modes(model=model, x=x, init=torch.zeros(B, Z, dtype=torch.float64), steps=0)
     with pytest.raises(ValueError, match="init must be"):
         posterior_modes(model=model, x=x, init=torch.zeros(B + 1, Z, dtype=torch.float64))
+
+
+def test_an_encoder_inside_the_model_is_trained_while_the_decoder_stays_fixed() -> None:
+    from companion.amortisation import fit_amortised_encoder
+    from companion.models import ConvVAE, VAEConfig
+    from companion.objectives import elbo
+
+    torch.manual_seed(0)
+    trained = ConvVAE(VAEConfig(image_size=8, z_dim=3, channels=(4, 8)))
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)).round()
+    model = trained.with_new_encoder(generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.encoder_head.bias[:3] = 3.0  # a poor encoder: codes far out in the prior's tail
+    decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    encoder_before = model.encoder_head.weight.clone()
+    before = elbo(model=model, x=x, posterior=model.encode(x), n_samples=16).elbo.mean()
+    fit_amortised_encoder(model=model, encoder=model.inference_network(), x=x, steps=100,
+                          generator=torch.Generator().manual_seed(3))
+    after = elbo(model=model, x=x, posterior=model.encode(x), n_samples=16).elbo.mean()
+    assert after > before + 5.0, (before, after)  # the tail costs about 13 nats of KL
+    assert not torch.equal(model.encoder_head.weight, encoder_before)
+    for name, value in model.decoder.state_dict().items():
+        assert torch.equal(value, decoder_before[name]), name
+    assert all(p.requires_grad for p in model.parameters())  # flags restored

@@ -43,6 +43,37 @@ class VAEConfig:
         check_architecture(image_size=self.image_size, channels=self.channels)
 
 
+def _gaussian_code(features: torch.Tensor) -> Distribution:
+    """N(mean, diag std²) from the encoder head's (B, 2 z_dim) output."""
+    mean, raw_std = features.chunk(2, dim=-1)
+    return Independent(Normal(mean, F.softplus(raw_std) + _MIN_STD), 1)
+
+
+def _initialised(config: VAEConfig, generator: torch.Generator) -> "ConvVAE":
+    """A fresh ConvVAE whose default initialisation draws from ``generator``."""
+    state = torch.random.get_rng_state()
+    torch.random.set_rng_state(generator.get_state())
+    try:
+        model = ConvVAE(config)
+        generator.set_state(torch.random.get_rng_state())
+    finally:
+        torch.random.set_rng_state(state)
+    return model
+
+
+class _InferenceNetwork(nn.Module):
+    """``x -> q(z | x)`` of a :class:`ConvVAE`, holding (not copying) its encoder layers."""
+
+    def __init__(self, vae: "ConvVAE") -> None:
+        super().__init__()
+        self.encoder, self.encoder_head = vae.encoder, vae.encoder_head
+        self._check = vae.image_shape
+
+    def forward(self, x: torch.Tensor) -> Distribution:
+        check_images(x, shape=self._check)
+        return _gaussian_code(self.encoder_head(self.encoder(x)))
+
+
 class ConvVAE(nn.Module):
     """VAE with q(z|x) = N(μ(x), diag σ²(x)), p(x|z) = Bernoulli(logits(z)), p(z) = N(0, I).
 
@@ -74,8 +105,33 @@ class ConvVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for images x (B, 1, H, W) in [0, 1]: batch shape (B,), event (z_dim,)."""
         check_images(x, shape=self.image_shape)
-        mean, raw_std = self.encoder_head(self.encoder(x)).chunk(2, dim=-1)
-        return Independent(Normal(mean, F.softplus(raw_std) + _MIN_STD), 1)
+        return _gaussian_code(self.encoder_head(self.encoder(x)))
+
+    def inference_network(self) -> nn.Module:
+        """The encoder as a module of its own, ``x -> q(z | x)``, sharing this model's weights.
+
+        What :func:`companion.amortisation.fit_amortised_encoder` trains: its parameters
+        are exactly the encoder's, so the decoder stays as it is.
+        """
+        return _InferenceNetwork(self)
+
+    def with_new_encoder(self, *, generator: torch.Generator | None = None) -> "ConvVAE":
+        """A copy of this VAE with the same decoder weights and a freshly initialised encoder.
+
+        The start of an encoder of different quality for one fixed generative model (fit
+        it with :func:`companion.amortisation.fit_amortised_encoder` on
+        :meth:`inference_network`): chapter 6 compares encoders on one decoder.
+
+        Args:
+            generator: CPU generator of the new encoder's initial weights (PyTorch's
+                default initialisation, drawn from it); ``None`` uses the global one.
+        """
+        copy = ConvVAE(self.config).to(next(self.parameters()).device)
+        copy.decoder.load_state_dict(self.decoder.state_dict())
+        fresh = ConvVAE(self.config) if generator is None else _initialised(self.config, generator)
+        copy.encoder.load_state_dict(fresh.encoder.state_dict())
+        copy.encoder_head.load_state_dict(fresh.encoder_head.state_dict())
+        return copy.train(self.training)
 
     def decoder_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits for codes z (..., z_dim) -> (..., 1, H, W)."""

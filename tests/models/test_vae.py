@@ -147,3 +147,28 @@ def test_float64_model_samples_in_float64() -> None:
     model = _vae().double()
     assert model.sample(2).dtype == torch.float64
     assert model.encode(torch.rand(2, 1, 8, 8, dtype=torch.float64)).mean.dtype == torch.float64
+
+
+def test_with_new_encoder_keeps_the_decoder_weights_and_draws_a_new_encoder_reproducibly() -> None:
+    model = _vae(16, (8, 16), z_dim=4)
+    a = model.with_new_encoder(generator=torch.Generator().manual_seed(3))
+    b = model.with_new_encoder(generator=torch.Generator().manual_seed(3))
+    c = model.with_new_encoder(generator=torch.Generator().manual_seed(4))
+    for name, p in model.decoder.state_dict().items():
+        assert torch.equal(a.decoder.state_dict()[name], p)
+    assert a.decoder.head[0].weight is not model.decoder.head[0].weight  # a copy, not shared
+    assert torch.equal(a.encoder_head.weight, b.encoder_head.weight)
+    assert not torch.equal(a.encoder_head.weight, c.encoder_head.weight)
+    assert not torch.equal(a.encoder_head.weight, model.encoder_head.weight)
+
+
+def test_inference_network_is_the_encoder_with_the_same_parameters_and_output() -> None:
+    model = _vae(16, (8, 16), z_dim=4)
+    net = model.inference_network()
+    own = {id(p) for p in list(model.encoder.parameters()) + list(model.encoder_head.parameters())}
+    assert {id(p) for p in net.parameters()} == own
+    x = torch.rand(5, 1, 16, 16)
+    q, r = net(x), model.encode(x)
+    assert torch.equal(q.mean, r.mean) and torch.equal(q.stddev, r.stddev)
+    with pytest.raises(ValueError, match=r"expected \(N, 1, 16, 16\)"):
+        net(torch.rand(5, 1, 8, 8))
