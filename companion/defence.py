@@ -16,6 +16,8 @@ and return the same :class:`DefenceResult`, as PyTorch tensors on the input's de
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -94,7 +96,8 @@ def refine_posterior(
         ImportError: ``backend="numpyro"`` without JAX and NumPyro installed.
         TypeError: ``backend="numpyro"`` with a model it has no JAX port of.
     """
-    _check_request(model, x, steps=[steps], num_warmup=num_warmup, backend=backend, torch_compile=torch_compile)
+    _check_request(model, x, steps=[steps], num_warmup=num_warmup, step_size=step_size, num_leapfrog=num_leapfrog,
+                   backend=backend, torch_compile=torch_compile)
     with torch.no_grad():
         q = model.encode(x)
         z0 = _sample_start(q, generator)
@@ -171,7 +174,8 @@ def defence_curve(
         first T transitions after warm-up.
     """
     grid = sorted(set(steps_grid))
-    _check_request(model, x, steps=grid, num_warmup=num_warmup, backend=backend, torch_compile=torch_compile)
+    _check_request(model, x, steps=grid, num_warmup=num_warmup, step_size=step_size, num_leapfrog=num_leapfrog,
+                   backend=backend, torch_compile=torch_compile)
     if backend != "torch":
         return {
             t: refine_posterior(model, x, steps=t, num_leapfrog=num_leapfrog, num_warmup=num_warmup if t else 0,
@@ -217,11 +221,17 @@ def _summarise(z: torch.Tensor, z0: torch.Tensor, step_size: torch.Tensor, info)
 
 
 def _check_request(
-    model, x: torch.Tensor, *, steps: Sequence[int], num_warmup: int, backend: str, torch_compile: bool
+    model, x: torch.Tensor, *, steps: Sequence[int], num_warmup: int, step_size: float, num_leapfrog: int,
+    backend: str, torch_compile: bool,
 ) -> None:
     """Clear errors for every bad input a defence call can get."""
     if not steps or min(steps) < 0 or num_warmup < 0:
         raise ValueError(f"steps (T) and num_warmup must be >= 0, got {list(steps)} and {num_warmup}")
+    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a positive, finite number of latent units, got {step_size!r} "
+                         "(a chain with step 0 never moves; the book starts at 0.05)")
+    if num_leapfrog < 1:
+        raise ValueError(f"num_leapfrog must be >= 1, got {num_leapfrog}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if torch_compile and backend != "torch":

@@ -150,8 +150,12 @@ def test_both_backends_draw_the_same_distribution_of_codes_for_a_trained_vae(tra
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [(dict(steps=-1), "steps"), (dict(steps=1, backend="stan"), "unknown backend")],
-    ids=["negative-T", "unknown-backend"],
+    [(dict(steps=-1), "steps"), (dict(steps=1, backend="stan"), "unknown backend"),
+     (dict(steps=1, step_size=0.0), "step_size must be a positive"),
+     (dict(steps=1, step_size=-0.1), "step_size must be a positive"),
+     (dict(steps=1, step_size=float("nan")), "step_size must be a positive"),
+     (dict(steps=1, num_leapfrog=0), "num_leapfrog must be >= 1")],
+    ids=["negative-T", "unknown-backend", "zero-step", "negative-step", "nan-step", "no-leapfrog"],
 )
 def test_bad_settings_are_rejected(x: torch.Tensor, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -223,6 +227,8 @@ def test_the_curve_rejects_what_refine_posterior_rejects(x: torch.Tensor) -> Non
         defence_curve(_vae(), x, steps_grid=[])
     with pytest.raises(ValueError, match="unknown backend"):
         defence_curve(_vae(), x, steps_grid=[1], backend="stan")
+    with pytest.raises(ValueError, match="step_size must be a positive.*never moves"):
+        defence_curve(_vae(), x, steps_grid=[1], step_size=0)
 
 
 class _Unported(torch.nn.Module):
