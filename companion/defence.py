@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +28,7 @@ from companion.data import check_images
 from companion.frozen import frozen
 from companion.hmc import torch as hmc_torch
 
-__all__ = ["DefenceResult", "BACKENDS", "refine_posterior", "defence_curve"]
+__all__ = ["DefenceResult", "BACKENDS", "refine_posterior", "defence_curve", "defence_curves"]
 
 BACKENDS = ("torch", "numpyro")
 
@@ -204,6 +204,35 @@ def defence_curve(
                 stacked = hmc_torch.HMCInfo(*(torch.stack(f) for f in zip(*infos)))
                 results[t] = _summarise(state.position.detach(), z0, warm.step_size, stacked)
     return results
+
+
+def defence_curves(
+    model, inputs: Mapping[str, torch.Tensor], *, steps_grid: Sequence[int], **settings
+) -> dict[str, dict[int, DefenceResult]]:
+    """:func:`defence_curve` for several named sets of inputs, run as one batch of chains.
+
+    One call keeps the chains of every set in one batch (cheaper per chain than one call
+    per set) and hands each set its own results back, so a chapter never slices rows.
+
+    Args:
+        model: as for :func:`refine_posterior`.
+        inputs: name -> (B_name, C, H, W) images; at least one set.
+        steps_grid: the T (>= 0) to report.
+        settings: the other keyword arguments of :func:`defence_curve`.
+
+    Returns:
+        ``{name: {T: DefenceResult}}``, each result holding that set's chains only.
+    """
+    if not inputs:
+        raise ValueError("inputs must name at least one set of images")
+    names = list(inputs)
+    sizes = [len(inputs[name]) for name in names]
+    joint = defence_curve(model, torch.cat([inputs[name] for name in names]), steps_grid=steps_grid, **settings)
+    out: dict[str, dict[int, DefenceResult]] = {name: {} for name in names}
+    for t, result in joint.items():
+        for name, *parts in zip(names, *(field.split(sizes) for field in result)):
+            out[name][t] = DefenceResult(*parts)
+    return out
 
 
 def _summarise(z: torch.Tensor, z0: torch.Tensor, step_size: torch.Tensor, info) -> DefenceResult:

@@ -216,15 +216,30 @@ class DefenceSettings:
         num_warmup: step-size adaptation transitions before the T that count.
         step_size: initial leapfrog step size.
         clean_drop: the most clean-input reconstruction MS-SSIM may fall at the largest T.
+        sweep_radii: L∞ radii of the radius sweep on chapter 2's VAE (``radius`` among them).
+        few_shot_digits: training digits of the few-shot encoder fitted to chapter 2's
+            decoder (the other fitted encoder sees the whole training split).
+        encoder_steps: Adam steps of each fitted encoder (the decoder stays fixed).
+        encoder_batch: digits per step of those fits.
+        encoder_samples: reparameterised samples per digit and step of those fits.
     """
 
     radius: float = 0.1
     per_class: int = 5
-    steps_grid: tuple[int, ...] = (0, 25, 50, 100)
+    steps_grid: tuple[int, ...] = (0, 10, 25, 50)
     num_leapfrog: int = 10
     num_warmup: int = 25
     step_size: float = 0.05
     clean_drop: float = 0.05
+    sweep_radii: tuple[float, ...] = (0.05, 0.1, 0.2)
+    few_shot_digits: int = 100
+    encoder_steps: int = 200
+    encoder_batch: int = 128
+    encoder_samples: int = 1
+
+    def __post_init__(self) -> None:
+        if self.radius not in self.sweep_radii:
+            raise ValueError(f"radius {self.radius} must be one of sweep_radii {self.sweep_radii}")
 
 
 @dataclass(frozen=True)
@@ -392,8 +407,8 @@ QUICK = Profile(
     # of the VAE or the hierarchical VAE over the 4 000 training digits takes about 3.5 s.
     data=DataSettings(name="mnist_5k", image_size=28),
     latent_models=LatentModelsSettings(),
-    vae=VAESettings(z_dim=32, channels=(32, 64, 64), epochs=40),
-    hvae=HVAESettings(z_dims=(8, 16, 32), collapse_epochs=20),
+    vae=VAESettings(z_dim=32, channels=(32, 64, 64), epochs=40, n_test=250, n_local=32),
+    hvae=HVAESettings(z_dims=(8, 16, 32), collapse_epochs=15),
     attack=AttackSettings(),
     tv_bound=TVBoundSettings(),
     defence=DefenceSettings(),
@@ -427,7 +442,8 @@ FULL = Profile(
         per_class=100, steps=100, restarts=5, step_grid=(1, 5, 20, 50, 100, 200), restart_grid=(1, 5, 10)
     ),
     tv_bound=TVBoundSettings(),
-    defence=DefenceSettings(per_class=20, steps_grid=(0, 10, 50, 100, 500), num_warmup=100),
+    defence=DefenceSettings(per_class=20, steps_grid=(0, 10, 50, 100, 500), num_warmup=100, encoder_steps=2_000,
+                            encoder_samples=8),
     open_questions=OpenQuestionsSettings(
         per_class=20, attack_steps=100, adaptive_steps_grid=(5, 20, 50), adaptive_hmc_steps=10, eot_samples=4,
         defence_steps_grid=(0, 10, 50, 100), betas=(1.0, 2.0, 5.0, 10.0), gap_k=1_000, n_ood=1_000,

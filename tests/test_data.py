@@ -234,6 +234,11 @@ def test_mnist_5k_images_are_28_by_28_with_their_256_grey_levels_and_identical_o
     assert torch.equal(again.images, images) and torch.equal(again.labels, mnist_5k["train"][1])
 
 
+def test_mnist_5k_splits_are_shuffled_so_that_a_prefix_holds_every_class(mnist_5k) -> None:
+    for split in SPLITS:
+        assert set(mnist_5k[split][1][:100].tolist()) == set(range(10)), split
+
+
 def test_mnist_5k_resizes_like_any_other_data_set() -> None:
     small = load_images(name="mnist_5k", split="test", image_size=14)
     assert small.images.shape == (500, 1, 14, 14)

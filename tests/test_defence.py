@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Independent, Normal
 
 from companion.data import load_images
-from companion.defence import defence_curve, refine_posterior
+from companion.defence import defence_curve, defence_curves, refine_posterior
 from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, LinearGaussian, VAEConfig
 from companion.train import TrainConfig, train_vae
 from gaussian_checks import assert_matches_gaussian
@@ -276,3 +276,19 @@ def test_a_seeded_hierarchical_defence_repeats_its_start_codes(x: torch.Tensor) 
     third = refine_posterior(model, x, steps=0, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(runs[0].z_start, runs[1].z_start)
     torch.testing.assert_close(runs[0].z_start, third.z_start)
+
+
+def test_named_input_sets_get_exactly_their_rows_of_one_joint_batch_of_chains(x: torch.Tensor) -> None:
+    model = _vae()
+    settings = dict(steps_grid=[0, 2, 4], num_leapfrog=3, num_warmup=2)
+    sets = {"attacked": x[:3], "clean": x[3:]}
+    split = defence_curves(model, sets, generator=torch.Generator().manual_seed(0), **settings)
+    joint = defence_curve(model, x, generator=torch.Generator().manual_seed(0), **settings)
+    assert list(split) == ["attacked", "clean"]
+    for t, result in joint.items():
+        for field, a, b in zip(result._fields, result, split["attacked"][t]):
+            torch.testing.assert_close(b, a[:3], equal_nan=True, msg=field)
+        assert len(split["clean"][t].z) == len(x) - 3
+        torch.testing.assert_close(split["clean"][t].z, result.z[3:])
+    with pytest.raises(ValueError, match="at least one set"):
+        defence_curves(model, {}, steps_grid=[1])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from companion import profiles
+from companion.data import OFFLINE_DATASETS
 from companion.profiles import FULL, PAPER_BETA_1S, PROFILE_ENV, QUICK, active_profile, get_profile, seed_everything
 
 
@@ -54,7 +55,17 @@ def test_empty_variable_falls_back_to_the_default(monkeypatch: pytest.MonkeyPatc
 
 def test_profiles_are_registered_under_their_own_names() -> None:
     assert {name: p.name for name, p in profiles.PROFILES.items()} == {"quick": "quick", "full": "full"}
-    assert QUICK.data.name == "digits"  # the quick profile needs no download
+    # the quick profile needs no download: its data ship inside installed packages
+    assert QUICK.data.name in OFFLINE_DATASETS and QUICK.diffusion.data in OFFLINE_DATASETS
+
+
+def test_the_quick_vae_chapters_train_on_real_mnist_digits_at_the_papers_resolution() -> None:
+    assert (QUICK.data.name, QUICK.data.image_size) == ("mnist_5k", 28)
+
+
+def test_the_defence_radius_must_be_one_of_the_sweep_radii() -> None:
+    with pytest.raises(ValueError, match="radius 0.3 must be one of sweep_radii"):
+        profiles.DefenceSettings(radius=0.3)
 
 
 @pytest.mark.parametrize(
