@@ -14,8 +14,8 @@ import statistics
 import torch
 
 from companion.attacks import AttackConfig, symmetric_kl, pgd
-from companion.models import ConvVAE, VAEConfig
-from timing import median_time
+from companion.models import ConvVAE
+from timing import book_vae, median_time
 
 STEPS, REPEATS = 20, 5
 
@@ -36,11 +36,12 @@ def attack(model: ConvVAE, x: torch.Tensor, steps: int) -> None:
 
 def main() -> None:
     torch.manual_seed(0)
-    model = ConvVAE(VAEConfig(image_size=16, z_dim=16, channels=(32, 64))).eval().requires_grad_(False)
-    print(f"attack step / encoder forward+backward, 16×16 conv VAE, {torch.get_num_threads()} threads")
+    model, label = book_vae()
+    model.requires_grad_(False)
+    print(f"attack step / encoder forward+backward, {label}, {torch.get_num_threads()} threads")
     failed = []
     for batch in (1, 64, 1024):
-        x = torch.rand(batch, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+        x = torch.rand(batch, *model.image_shape, generator=torch.Generator().manual_seed(1))
         reps = REPEATS if batch < 1024 else 3
         enc, step = [], []
         for _ in range(reps):  # interleaved, so drift in machine load hits both alike

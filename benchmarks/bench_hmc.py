@@ -7,7 +7,7 @@ batch B (eager). Each sampler's step is measured inside its own loop as
 (run with S transitions − run with 0 transitions) / (S · L) with L leapfrog steps per
 transition and no warm-up, which removes start-up, conversion and (for JAX) compilation;
 all variants are timed interleaved in one run at batch sizes 1, 64 and 1024 (one chain
-per input) on chapter 2's 16×16 conv VAE (z = 16):
+per input) on chapter 2's conv VAE at the quick profile's size (28×28, z = 32):
 
 * ``torch``: :func:`companion.hmc.torch.run_chains` (eager), as ``refine_posterior`` runs it;
 * ``numpyro``: :func:`companion.hmc.numpyro.run_chains` on the JAX port (jitted, vmapped);
@@ -60,8 +60,7 @@ import torch  # noqa: E402
 
 from companion.hmc import numpyro as hmc_numpyro  # noqa: E402
 from companion.hmc import torch as hmc_torch  # noqa: E402
-from companion.models import ConvVAE, VAEConfig  # noqa: E402
-from timing import median_time  # noqa: E402
+from timing import book_vae, median_time  # noqa: E402
 
 LEAPFROG, STEP_SIZE, REPEATS = 10, 0.05, 5
 
@@ -115,10 +114,11 @@ def blackjax_program(ported, transitions: int):
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = ConvVAE(VAEConfig(image_size=16, z_dim=16, channels=(32, 64))).eval().requires_grad_(False)
+    model, label = book_vae()
+    model.requires_grad_(False)
     ported = hmc_numpyro.port(model)
     value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(ported.log_joint, argnums=1), in_axes=(None, 0, 0)))
-    print(f"µs per leapfrog step per chain; 16×16 conv VAE z=16, {LEAPFROG} leapfrog steps per transition, "
+    print(f"µs per leapfrog step per chain; {label}, {LEAPFROG} leapfrog steps per transition, "
           f"torch {torch.get_num_threads()} thread, JAX on {jax.devices()[0].platform} ({os.environ['XLA_FLAGS']})")
     print("  ratio: / one torch log_joint value+grad at that batch; own: / that framework's value+grad")
     # torch.compile of the log joint, as refine_posterior(torch_compile=True) makes it
@@ -126,8 +126,8 @@ def main() -> None:
     rows, failed = [], []
     for batch in (1, 64, 1024):
         g = torch.Generator().manual_seed(1)
-        z = torch.randn(batch, 16, generator=g)
-        x = torch.rand(batch, 1, 16, 16, generator=g)
+        z = torch.randn(batch, model.z_dim, generator=g)
+        x = torch.rand(batch, *model.image_shape, generator=g)
         zj, xj = jnp.asarray(z.numpy()), jnp.asarray(x.numpy())
         transitions = {1: 20, 64: 10, 1024: 3}[batch]
         reps = REPEATS if batch < 1024 else 3
