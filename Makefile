@@ -37,10 +37,13 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	$(BOOK_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(CHAPTERS)
 
-# Builds the HTML from the stored outputs nbval has just checked (no second execution).
+# Builds the HTML from the stored outputs nbval has just checked (no second execution); the
+# copied configuration lives in _build/, so its local-extension paths are made absolute.
 html: $(STAMP)
 	@mkdir -p _build
-	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/_config.stored.yml', 'w'))"
+	$(BIN)/python -c "import os, yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; \
+	  ext = c['sphinx']['local_extensions']; ext.update({k: os.path.abspath(v) for k, v in ext.items()}); \
+	  yaml.safe_dump(c, open('_build/_config.stored.yml', 'w'))"
 	$(BIN)/jupyter-book build . -W --keep-going --config _build/_config.stored.yml
 
 bench: $(STAMP)
