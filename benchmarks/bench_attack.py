@@ -10,10 +10,11 @@ batch sizes 1, 64 and 1024. Target (issue 4): ratio at most 1.3 at batch 64 and 
 from __future__ import annotations
 
 import statistics
+from functools import partial
 
 import torch
 
-from companion.attacks import AttackConfig, symmetric_kl, pgd
+from companion.attacks import AttackConfig, pgd, symmetric_kl
 from companion.models import ConvVAE
 from timing import book_vae, median_time
 
@@ -30,32 +31,46 @@ def attack(model: ConvVAE, x: torch.Tensor, steps: int) -> None:
     with torch.no_grad():
         q_ref = model.encode(x)
     config = AttackConfig(radius=0.1, steps=steps, restarts=1)
-    pgd(lambda xa: symmetric_kl(model.encode(xa), q_ref), x_ref=x, config=config, generator=torch.Generator().manual_seed(0))
-
+    pgd(
+        lambda xa: symmetric_kl(model.encode(xa), q_ref),
+        x_ref=x,
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def main() -> None:
     torch.manual_seed(0)
     model, label = book_vae()
     model.requires_grad_(False)
-    print(f"attack step / encoder forward+backward, {label}, {torch.get_num_threads()} threads")
+    print(
+        f"attack step / encoder forward+backward, {label}, {torch.get_num_threads()} "
+        "threads"
+    )
     failed = []
     for batch in (1, 64, 1024):
-        x = torch.rand(batch, *model.image_shape, generator=torch.Generator().manual_seed(1))
+        x = torch.rand(
+            batch, *model.image_shape, generator=torch.Generator().manual_seed(1)
+        )
         reps = REPEATS if batch < 1024 else 3
         enc, step = [], []
         for _ in range(reps):  # interleaved, so drift in machine load hits both alike
-            enc.append(median_time(lambda: encoder_pass(model, x), 3))
-            full = median_time(lambda: attack(model, x, STEPS), 1)
-            empty = median_time(lambda: attack(model, x, 0), 1)
+            enc.append(median_time(partial(encoder_pass, model, x), 3))
+            full = median_time(partial(attack, model, x, STEPS), 1)
+            empty = median_time(partial(attack, model, x, 0), 1)
             step.append((full - empty) / STEPS)
         e, s = statistics.median(enc), statistics.median(step)
         ratio = s / e
-        print(f"  batch {batch:>5}: encoder pass {e * 1e3:7.2f} ms, attack step {s * 1e3:7.2f} ms, ratio {ratio:4.2f}")
+        print(
+            f"  batch {batch:>5}: encoder pass {e * 1e3:7.2f} ms, attack step "
+            f"{s * 1e3:7.2f} ms, ratio {ratio:4.2f}"
+        )
         if batch >= 64 and ratio > 1.3:
             failed.append(batch)
     if failed:
-        raise SystemExit(f"attack step more than 1.3× an encoder pass at batch sizes {failed}")
+        raise SystemExit(
+            f"attack step more than 1.3× an encoder pass at batch sizes {failed}"
+        )
 
 
 if __name__ == "__main__":

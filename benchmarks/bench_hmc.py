@@ -9,8 +9,10 @@ transition and no warm-up, which removes start-up, conversion and (for JAX) comp
 all variants are timed interleaved in one run at batch sizes 1, 64 and 1024 (one chain
 per input) on chapter 2's conv VAE at the quick profile's size (28×28, z = 32):
 
-* ``torch``: :func:`companion.hmc.torch.run_chains` (eager), as ``refine_posterior`` runs it;
-* ``numpyro``: :func:`companion.hmc.numpyro.run_chains` on the JAX port (jitted, vmapped);
+* ``torch``: :func:`companion.hmc.torch.run_chains` (eager),
+  as ``refine_posterior`` runs it;
+* ``numpyro``: :func:`companion.hmc.numpyro.run_chains` on the JAX port
+  (jitted, vmapped);
 * ``pyro``: the PyTorch peer, Pyro's HMC kernel through ``pyro.infer.MCMC`` on the same
   eager ``log_joint`` (a potential summed over the batch: Pyro runs one chain over the
   stacked codes, so one accept decision for all rows, but the same value + gradient per
@@ -29,20 +31,22 @@ and against other processes (PyTorch's batch-1 value+grad went from 0.5 ms to 20
 ``torch compiled`` is the torch backend on the ``torch.compile``'d log joint, as
 ``refine_posterior(torch_compile=True)`` runs it, and ``compiled v+g`` its floor;
 ``pyro, compiled`` hands Pyro the same compiled potential (Pyro's own ``jit_compile``
-traces Pyro models only, not a ``potential_fn``), to show where the difference comes from.
+traces Pyro models only, not a ``potential_fn``),
+to show where the difference comes from.
 
-Targets (issue 5): at batch ≥ 64, the torch backend's step at most 1.5× its value + gradient
-(eager and compiled), the NumPyro backend's at most 2× the eager torch backend's, and the
-torch backend (compiled) faster than the PyTorch peer, Pyro's HMC as it runs a potential;
-at every batch the NumPyro backend faster than Pyro's HMC; and the NumPyro backend on a
-par with BlackJAX, the same XLA work plus NumPyro's bookkeeping (at most 1.25×; measured
-0.91-1.16× on a loaded 2-core machine). At batch 1 every eager sampler is bound by
-PyTorch's per-op dispatch, compiled or not, so the torch targets start at 64. Being
-*faster* than BlackJAX, or than Pyro given the same compiled target, is not a target: a
-leapfrog step is one value + gradient, and all of them are within a few percent of it,
-so neither can win by more than noise. The torch backend is not compared with BlackJAX
-either: on this CPU XLA runs this decoder's value+grad faster than eager PyTorch at small
-batches (``jax value+grad`` vs ``reference``), a framework difference, not a sampler one.
+Targets (issue 5): at batch ≥ 64, the torch backend's step at most 1.5× its
+value + gradient (eager and compiled), the NumPyro backend's at most 2× the eager torch
+backend's, and the torch backend (compiled) faster than the PyTorch peer, Pyro's HMC as
+it runs a potential; at every batch the NumPyro backend faster than Pyro's HMC; and the
+NumPyro backend on a par with BlackJAX, the same XLA work plus NumPyro's bookkeeping (at
+most 1.25×; measured 0.91-1.16× on a loaded 2-core machine). At batch 1 every eager
+sampler is bound by PyTorch's per-op dispatch, compiled or not, so the torch targets
+start at 64. Being *faster* than BlackJAX, or than Pyro given the same compiled target,
+is not a target: a leapfrog step is one value + gradient, and all of them are within a
+few percent of it, so neither can win by more than noise. The torch backend is not
+compared with BlackJAX either: on this CPU XLA runs this decoder's value+grad faster
+than eager PyTorch at small batches (``jax value+grad`` vs ``reference``), a framework
+difference, not a sampler one.
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ import os
 import statistics
 from collections.abc import Callable
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+import blackjax  # noqa: E402
 import jax  # noqa: E402 (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
-import blackjax  # noqa: E402
 import pyro.infer  # noqa: E402
 import torch  # noqa: E402
 
@@ -65,7 +71,6 @@ from timing import book_vae, median_time  # noqa: E402
 LEAPFROG, STEP_SIZE, REPEATS = 10, 0.05, 5
 
 
-
 LogJoint = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -74,41 +79,147 @@ def torch_reference(log_joint: LogJoint, z: torch.Tensor, x: torch.Tensor) -> No
     torch.autograd.grad(log_joint(zz, x).sum(), zz)
 
 
-def torch_chains(log_joint: LogJoint, z: torch.Tensor, x: torch.Tensor, transitions: int) -> None:
-    hmc_torch.run_chains(z, logdensity_fn=lambda v: log_joint(v, x), num_warmup=0,
-                         num_transitions=transitions, num_steps=LEAPFROG, initial_step_size=STEP_SIZE,
-                         generator=torch.Generator().manual_seed(0))
+def torch_chains(
+    log_joint: LogJoint, z: torch.Tensor, x: torch.Tensor, transitions: int
+) -> None:
+    hmc_torch.run_chains(
+        z,
+        logdensity_fn=lambda v: log_joint(v, x),
+        num_warmup=0,
+        num_transitions=transitions,
+        num_steps=LEAPFROG,
+        initial_step_size=STEP_SIZE,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
-def pyro_chains(log_joint: LogJoint, z: torch.Tensor, x: torch.Tensor, transitions: int) -> None:
-    kernel = pyro.infer.HMC(potential_fn=lambda p: -log_joint(p["z"], x).sum(), step_size=STEP_SIZE,
-                            num_steps=LEAPFROG, adapt_step_size=False, adapt_mass_matrix=False)
-    pyro.infer.MCMC(kernel, num_samples=transitions, warmup_steps=0, initial_params={"z": z},
-                    disable_progbar=True).run()
+def pyro_chains(
+    log_joint: LogJoint, z: torch.Tensor, x: torch.Tensor, transitions: int
+) -> None:
+    kernel = pyro.infer.HMC(
+        potential_fn=lambda p: -log_joint(p["z"], x).sum(),
+        step_size=STEP_SIZE,
+        num_steps=LEAPFROG,
+        adapt_step_size=False,
+        adapt_mass_matrix=False,
+    )
+    pyro.infer.MCMC(
+        kernel,
+        num_samples=transitions,
+        warmup_steps=0,
+        initial_params={"z": z},
+        disable_progbar=True,
+    ).run()
 
 
 def numpyro_chains(ported, z: jax.Array, x: jax.Array, transitions: int) -> None:
-    result = hmc_numpyro.run_chains(ported.log_joint, ported.params, x, z, rng_key=jax.random.key(0),
-                                    num_warmup=0, num_transitions=transitions, num_steps=LEAPFROG,
-                                    initial_step_size=STEP_SIZE)
+    result = hmc_numpyro.run_chains(
+        ported.log_joint,
+        ported.params,
+        x,
+        z,
+        rng_key=jax.random.key(0),
+        num_warmup=0,
+        num_transitions=transitions,
+        num_steps=LEAPFROG,
+        initial_step_size=STEP_SIZE,
+    )
     jax.block_until_ready(result)
 
 
 def blackjax_program(ported, transitions: int):
-    """A jitted function (z (B, d), x (B, ...)) -> final positions: vmapped BlackJAX HMC chains."""
+    """A jitted function (z (B, d), x (B, ...)) -> final positions:
+    vmapped BlackJAX HMC chains."""
 
     @jax.jit
     def run(z, x, key):
         def chain(z0, x0, k):
-            kernel = blackjax.hmc(lambda v: ported.log_joint(ported.params, v, x0), step_size=STEP_SIZE,
-                                  inverse_mass_matrix=jnp.ones(z0.shape[-1]), num_integration_steps=LEAPFROG)
-            state, _ = jax.lax.scan(lambda s, kk: kernel.step(kk, s), kernel.init(z0),
-                                    jax.random.split(k, transitions))
+            kernel = blackjax.hmc(
+                lambda v: ported.log_joint(ported.params, v, x0),
+                step_size=STEP_SIZE,
+                inverse_mass_matrix=jnp.ones(z0.shape[-1]),
+                num_integration_steps=LEAPFROG,
+            )
+            state, _ = jax.lax.scan(
+                lambda s, kk: kernel.step(kk, s),
+                kernel.init(z0),
+                jax.random.split(k, transitions),
+            )
             return state.position
 
         return jax.vmap(chain)(z, x, jax.random.split(key, z.shape[0]))
 
     return lambda z, x: jax.block_until_ready(run(z, x, jax.random.key(0)))
+
+
+def time_batch(
+    model, ported, compiled: LogJoint, value_and_grad, batch: int
+) -> dict[str, float]:
+    """Median seconds per call of every variant at one batch size, timed interleaved."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(batch, model.z_dim, generator=g)
+    x = torch.rand(batch, *model.image_shape, generator=g)
+    zj, xj = jnp.asarray(z.numpy()), jnp.asarray(x.numpy())
+    transitions = {1: 20, 64: 10, 1024: 3}[batch]
+    reps = REPEATS if batch < 1024 else 3
+    bj_full, bj_empty = (
+        blackjax_program(ported, transitions),
+        blackjax_program(ported, 0),
+    )
+    # compile every JAX program and the torch.compile'd log joint once before timing
+    for fn in (
+        lambda: numpyro_chains(ported, zj, xj, transitions),
+        lambda: numpyro_chains(ported, zj, xj, 0),
+        lambda: bj_full(zj, xj),
+        lambda: bj_empty(zj, xj),
+        lambda: jax.block_until_ready(value_and_grad(ported.params, zj, xj)),
+        lambda: torch_reference(compiled, z, x),
+    ):
+        fn()
+
+    def per_step(full: float, empty: float) -> float:
+        return (full - empty) / (transitions * LEAPFROG)
+
+    variants: dict[str, Callable[[], float]] = {
+        "reference": lambda: median_time(
+            lambda: torch_reference(model.log_joint, z, x), 5
+        ),
+        "compiled v+g": lambda: median_time(lambda: torch_reference(compiled, z, x), 5),
+        "jax value+grad": lambda: median_time(
+            lambda: jax.block_until_ready(value_and_grad(ported.params, zj, xj)), 5
+        ),
+        "torch": lambda: per_step(
+            median_time(lambda: torch_chains(model.log_joint, z, x, transitions)),
+            median_time(lambda: torch_chains(model.log_joint, z, x, 0)),
+        ),
+        "torch compiled": lambda: per_step(
+            median_time(lambda: torch_chains(compiled, z, x, transitions)),
+            median_time(lambda: torch_chains(compiled, z, x, 0)),
+        ),
+        # MCMC cannot run 0 samples: S + 1 against 1
+        "pyro": lambda: per_step(
+            median_time(lambda: pyro_chains(model.log_joint, z, x, transitions + 1)),
+            median_time(lambda: pyro_chains(model.log_joint, z, x, 1)),
+        ),
+        "pyro, compiled": lambda: per_step(
+            median_time(lambda: pyro_chains(compiled, z, x, transitions + 1)),
+            median_time(lambda: pyro_chains(compiled, z, x, 1)),
+        ),
+        "numpyro": lambda: per_step(
+            median_time(lambda: numpyro_chains(ported, zj, xj, transitions)),
+            median_time(lambda: numpyro_chains(ported, zj, xj, 0)),
+        ),
+        "blackjax": lambda: per_step(
+            median_time(lambda: bj_full(zj, xj)),
+            median_time(lambda: bj_empty(zj, xj)),
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    # interleaved, so drift in machine load hits every variant alike
+    for _ in range(reps):
+        for name, measure in variants.items():
+            times[name].append(measure())
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -117,71 +228,75 @@ def main() -> None:
     model, label = book_vae()
     model.requires_grad_(False)
     ported = hmc_numpyro.port(model)
-    value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(ported.log_joint, argnums=1), in_axes=(None, 0, 0)))
-    print(f"µs per leapfrog step per chain; {label}, {LEAPFROG} leapfrog steps per transition, "
-          f"torch {torch.get_num_threads()} thread, JAX on {jax.devices()[0].platform} ({os.environ['XLA_FLAGS']})")
-    print("  ratio: / one torch log_joint value+grad at that batch; own: / that framework's value+grad")
+    value_and_grad = jax.jit(
+        jax.vmap(jax.value_and_grad(ported.log_joint, argnums=1), in_axes=(None, 0, 0))
+    )
+    print(
+        f"µs per leapfrog step per chain; {label}, {LEAPFROG} leapfrog steps per "
+        f"transition, torch {torch.get_num_threads()} thread, JAX on "
+        f"{jax.devices()[0].platform} ({os.environ['XLA_FLAGS']})"
+    )
+    print(
+        "  ratio: / one torch log_joint value+grad at that batch; own: / that "
+        "framework's value+grad"
+    )
     # torch.compile of the log joint, as refine_posterior(torch_compile=True) makes it
     compiled = torch.compile(model.log_joint, dynamic=False)
     rows, failed = [], []
     for batch in (1, 64, 1024):
-        g = torch.Generator().manual_seed(1)
-        z = torch.randn(batch, model.z_dim, generator=g)
-        x = torch.rand(batch, *model.image_shape, generator=g)
-        zj, xj = jnp.asarray(z.numpy()), jnp.asarray(x.numpy())
-        transitions = {1: 20, 64: 10, 1024: 3}[batch]
-        reps = REPEATS if batch < 1024 else 3
-        bj_full, bj_empty = blackjax_program(ported, transitions), blackjax_program(ported, 0)
-        # compile every JAX program and the torch.compile'd log joint once before timing
-        for fn in (lambda: numpyro_chains(ported, zj, xj, transitions), lambda: numpyro_chains(ported, zj, xj, 0),
-                   lambda: bj_full(zj, xj), lambda: bj_empty(zj, xj),
-                   lambda: jax.block_until_ready(value_and_grad(ported.params, zj, xj)),
-                   lambda: torch_reference(compiled, z, x)):
-            fn()
-        per_step = lambda full, empty: (full - empty) / (transitions * LEAPFROG)  # noqa: E731
-        variants: dict[str, Callable[[], float]] = {
-            "reference": lambda: median_time(lambda: torch_reference(model.log_joint, z, x), 5),
-            "compiled v+g": lambda: median_time(lambda: torch_reference(compiled, z, x), 5),
-            "jax value+grad": lambda: median_time(
-                lambda: jax.block_until_ready(value_and_grad(ported.params, zj, xj)), 5),
-            "torch": lambda: per_step(median_time(lambda: torch_chains(model.log_joint, z, x, transitions)),
-                                      median_time(lambda: torch_chains(model.log_joint, z, x, 0))),
-            "torch compiled": lambda: per_step(median_time(lambda: torch_chains(compiled, z, x, transitions)),
-                                               median_time(lambda: torch_chains(compiled, z, x, 0))),
-            # MCMC cannot run 0 samples: S + 1 against 1
-            "pyro": lambda: per_step(median_time(lambda: pyro_chains(model.log_joint, z, x, transitions + 1)),
-                                     median_time(lambda: pyro_chains(model.log_joint, z, x, 1))),
-            "pyro, compiled": lambda: per_step(median_time(lambda: pyro_chains(compiled, z, x, transitions + 1)),
-                                               median_time(lambda: pyro_chains(compiled, z, x, 1))),
-            "numpyro": lambda: per_step(median_time(lambda: numpyro_chains(ported, zj, xj, transitions)),
-                                        median_time(lambda: numpyro_chains(ported, zj, xj, 0))),
-            "blackjax": lambda: per_step(median_time(lambda: bj_full(zj, xj)), median_time(lambda: bj_empty(zj, xj))),
+        t = time_batch(model, ported, compiled, value_and_grad, batch)
+        own = {
+            "reference": "reference",
+            "torch": "reference",
+            "pyro": "reference",
+            "compiled v+g": "compiled v+g",
+            "torch compiled": "compiled v+g",
+            "pyro, compiled": "compiled v+g",
         }
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(reps):  # interleaved, so drift in machine load hits every variant alike
-            for name, measure in variants.items():
-                times[name].append(measure())
-        t = {k: statistics.median(v) for k, v in times.items()}
-        own = {"reference": "reference", "torch": "reference", "pyro": "reference",
-               "compiled v+g": "compiled v+g", "torch compiled": "compiled v+g", "pyro, compiled": "compiled v+g"}
         for name, value in t.items():
-            rows.append((batch, name, value * 1e6 / batch, value / t["reference"],
-                         value / t[own.get(name, "jax value+grad")]))
+            rows.append(
+                (
+                    batch,
+                    name,
+                    value * 1e6 / batch,
+                    value / t["reference"],
+                    value / t[own.get(name, "jax value+grad")],
+                )
+            )
         if t["numpyro"] >= t["pyro"]:
-            failed.append(f"numpyro step {t['numpyro'] / t['pyro']:.2f}× Pyro's at batch {batch}")
+            failed.append(
+                f"numpyro step {t['numpyro'] / t['pyro']:.2f}× Pyro's at batch {batch}"
+            )
         if batch >= 64:
             if t["torch compiled"] >= t["pyro"]:
-                failed.append(f"compiled torch step {t['torch compiled'] / t['pyro']:.2f}× Pyro's at batch {batch}")
+                failed.append(
+                    f"compiled torch step {t['torch compiled'] / t['pyro']:.2f}× "
+                    f"Pyro's at batch {batch}"
+                )
             if t["torch"] / t["reference"] > 1.5:
-                failed.append(f"torch step {t['torch'] / t['reference']:.2f}× the reference at batch {batch}")
+                failed.append(
+                    f"torch step {t['torch'] / t['reference']:.2f}× the reference at "
+                    f"batch {batch}"
+                )
             if t["torch compiled"] / t["compiled v+g"] > 1.5:
-                failed.append(f"compiled torch step {t['torch compiled'] / t['compiled v+g']:.2f}× its value+grad "
-                              f"at batch {batch}")
+                failed.append(
+                    "compiled torch step "
+                    f"{t['torch compiled'] / t['compiled v+g']:.2f}× its value+grad "
+                    f"at batch {batch}"
+                )
             if t["numpyro"] / t["torch"] > 2.0:
-                failed.append(f"numpyro step {t['numpyro'] / t['torch']:.2f}× torch's at batch {batch}")
+                failed.append(
+                    f"numpyro step {t['numpyro'] / t['torch']:.2f}× torch's at batch "
+                    f"{batch}"
+                )
             if t["numpyro"] / t["blackjax"] > 1.25:
-                failed.append(f"numpyro step {t['numpyro'] / t['blackjax']:.2f}× blackjax's at batch {batch}")
-    print(f"  {'batch':>5}  {'variant':<15} {'µs/step/chain':>14} {'ratio':>7} {'own':>6}")
+                failed.append(
+                    f"numpyro step {t['numpyro'] / t['blackjax']:.2f}× blackjax's at "
+                    f"batch {batch}"
+                )
+    print(
+        f"  {'batch':>5}  {'variant':<15} {'µs/step/chain':>14} {'ratio':>7} {'own':>6}"
+    )
     for batch, name, us, ratio, own_ratio in rows:
         print(f"  {batch:>5}  {name:<15} {us:>14.2f} {ratio:>7.2f} {own_ratio:>6.2f}")
     if failed:

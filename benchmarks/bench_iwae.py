@@ -1,11 +1,12 @@
-"""How many decoder evaluations per pass the IWAE loops should use, measured side by side.
+"""How many decoder evaluations per pass the IWAE loops should use,
+measured side by side.
 
 `companion.objectives.iwae_curve` evaluates importance samples for a batch of images in
-passes of `evals_per_pass` decoder evaluations (samples × images). Too small a pass wastes
-time on per-call overhead; too large a pass leaves the cache (on 2 CPU cores a single pass
-of 64 000 evaluations ran 6× slower than passes of 128). This script times the default
-against other pass sizes and against a per-image Python loop, interleaved in one run, and
-checks that the default is within 1.25× of the fastest. Run: `make bench`.
+passes of `evals_per_pass` decoder evaluations (samples × images). Too small a pass
+wastes time on per-call overhead; too large a pass leaves the cache (on 2 CPU cores a
+single pass of 64 000 evaluations ran 6× slower than passes of 128). This script times
+the default against other pass sizes and against a per-image Python loop, interleaved in
+one run, and checks that the default is within 1.25× of the fastest. Run: `make bench`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ def per_image_loop(model: ConvVAE, images: torch.Tensor) -> None:
 
 def batched(evals: int):
     def run(model: ConvVAE, images: torch.Tensor) -> None:
-        iwae_curve(model=model, images=images, ks=(K,), batch_size=len(images), evals_per_pass=evals, progress=False)
+        iwae_curve(
+            model=model,
+            images=images,
+            ks=(K,),
+            batch_size=len(images),
+            evals_per_pass=evals,
+            progress=False,
+        )
 
     return run
 
@@ -39,9 +47,15 @@ def main() -> None:
     torch.manual_seed(0)
     model, label = book_vae()
     size = model.config.image_size
-    images = data.binarize(data.load_images(name="mnist_5k", split="test", image_size=size).images[:N_IMAGES])
+    images = data.binarize(
+        data.load_images(name="mnist_5k", split="test", image_size=size).images[
+            :N_IMAGES
+        ]
+    )
     default = default_evals_per_pass(torch.device("cpu"))
-    candidates = {f"passes of {e}": batched(e) for e in (32, default, 512, N_IMAGES * K)}
+    candidates = {
+        f"passes of {e}": batched(e) for e in (32, default, 512, N_IMAGES * K)
+    }
     candidates["per-image loop"] = per_image_loop
     times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.no_grad():
@@ -52,13 +66,19 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
     best = min(med.values())
-    print(f"IWAE of {N_IMAGES} test images, {label}, k = {K}, {torch.get_num_threads()} threads (median of {REPEATS})")
+    print(
+        f"IWAE of {N_IMAGES} test images, {label}, k = {K}, {torch.get_num_threads()} "
+        f"threads (median of {REPEATS})"
+    )
     for name, t in med.items():
         mark = "  <- default" if name == f"passes of {default}" else ""
         print(f"  {name:>20}: {t * 1e3:8.0f} ms  ({t / best:4.2f}× the fastest){mark}")
     ratio = med[f"passes of {default}"] / best
     if ratio > 1.25:
-        raise SystemExit(f"the default pass size is {ratio:.2f}× slower than the fastest (target <= 1.25)")
+        raise SystemExit(
+            f"the default pass size is {ratio:.2f}× slower than the fastest "
+            "(target <= 1.25)"
+        )
 
 
 if __name__ == "__main__":

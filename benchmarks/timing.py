@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 
 def median_time(fn: Callable[[], object], repeats: int = 1) -> float:
-    """Median seconds of ``repeats`` calls of ``fn`` (the median shrugs off one slow run)."""
+    """Median seconds of ``repeats`` calls of ``fn``
+    (the median shrugs off one slow run)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -18,12 +19,14 @@ def median_time(fn: Callable[[], object], repeats: int = 1) -> float:
 
 
 def book_vae():
-    """Chapter 2's conv VAE at the quick profile's size and architecture (untrained: speed
-    does not depend on the weights), in eval mode, and a label for the tables."""
+    """Chapter 2's conv VAE at the quick profile's size and architecture (untrained:
+    speed does not depend on the weights), in eval mode, and a label for the tables."""
     from companion.models import ConvVAE, VAEConfig
     from companion.profiles import QUICK
 
     size, vs = QUICK.data.image_size, QUICK.vae
-    model = ConvVAE(VAEConfig(image_size=size, z_dim=vs.z_dim, channels=vs.channels)).eval()
+    model = ConvVAE(
+        VAEConfig(image_size=size, z_dim=vs.z_dim, channels=vs.channels)
+    ).eval()
     channels = "/".join(map(str, vs.channels))
     return model, f"{size}×{size} conv VAE ({channels}, z = {vs.z_dim})"

@@ -39,8 +39,14 @@ __all__ = ["ACCEPT_RULES", "adaptive_attack", "adaptive_gradient_evaluations"]
 ACCEPT_RULES = ("soft", "hold")
 
 
-def adaptive_gradient_evaluations(*, config: AttackConfig, hmc_steps: int, num_leapfrog: int,
-                                  eot_samples: int, accept: str = "soft") -> int:
+def adaptive_gradient_evaluations(
+    *,
+    config: AttackConfig,
+    hmc_steps: int,
+    num_leapfrog: int,
+    eot_samples: int,
+    accept: str = "soft",
+) -> int:
     """Gradients of ln p(x, z) per reference that :func:`adaptive_attack` builds.
 
     Every attack step runs ``eot_samples`` chains of T transitions for every restart;
@@ -64,7 +70,8 @@ def adaptive_attack(
     accept: str = "soft",
     generator: torch.Generator | None = None,
 ) -> AttackResult:
-    """Maximise the defended reconstruction's distance from the clean one, through T HMC transitions.
+    """Maximise the defended reconstruction's distance from the clean one,
+    through T HMC transitions.
 
     Args:
         model: a VAE with ``encode`` (one diagonal Gaussian group), ``decode`` and
@@ -82,8 +89,8 @@ def adaptive_attack(
         generator: seeds the fixed chain randomness and the random starts of the attack.
 
     Returns:
-        :class:`~companion.attacks.AttackResult`; ``objective`` is the EOT mean of the squared
-        pixel distance (B,) at the best restart.
+        :class:`~companion.attacks.AttackResult`; ``objective`` is the EOT mean of the
+        squared pixel distance (B,) at the best restart.
 
     Raises:
         ValueError: a model without ``encode``/``log_joint``/``decode``, a hierarchical
@@ -92,36 +99,61 @@ def adaptive_attack(
     """
     for name in ("encode", "decode", "log_joint"):
         if not hasattr(model, name):
-            raise ValueError(f"{type(model).__name__} has no {name}; the adaptive attack needs encode, decode and log_joint")
+            raise ValueError(
+                f"{type(model).__name__} has no {name}; the adaptive attack needs "
+                "encode, decode and log_joint"
+            )
     check_images(x_ref, shape=tuple(model.image_shape))
     if hmc_steps < 1 or num_leapfrog < 1 or eot_samples < 1:
-        raise ValueError(f"hmc_steps, num_leapfrog and eot_samples must be >= 1, got {hmc_steps}, {num_leapfrog}, "
-                         f"{eot_samples}; T = 0 is the encoder alone: use companion.attacks.unsupervised_attack")
+        raise ValueError(
+            f"hmc_steps, num_leapfrog and eot_samples must be >= 1, got {hmc_steps}, "
+            f"{num_leapfrog}, {eot_samples}; T = 0 is the encoder alone: use "
+            "companion.attacks.unsupervised_attack"
+        )
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
     if accept not in ACCEPT_RULES:
-        raise ValueError(f"unknown accept rule {accept!r}; choose one of {ACCEPT_RULES}")
+        raise ValueError(
+            f"unknown accept rule {accept!r}; choose one of {ACCEPT_RULES}"
+        )
     with torch.no_grad():
         q = model.encode(x_ref)
         groups = diagonal_gaussians(q)
         if len(groups) != 1:
-            raise ValueError(f"the adaptive attack reparameterises a single Gaussian encoder; this one has "
-                             f"{len(groups)} latent groups")
-        target = model.decode(q.mean).mean.repeat(config.restarts, *[1] * (x_ref.dim() - 1))  # (R·B, C, H, W)
+            raise ValueError(
+                "the adaptive attack reparameterises a single Gaussian encoder; this "
+                f"one has {len(groups)} latent groups"
+            )
+        target = model.decode(q.mean).mean.repeat(
+            config.restarts, *[1] * (x_ref.dim() - 1)
+        )  # (R·B, C, H, W)
     n, d = config.restarts * x_ref.shape[0], q.mean.shape[-1]
-    like = dict(dtype=x_ref.dtype, device=x_ref.device)
-    start_noise = torch.randn(eot_samples, n, d, generator=generator, **like)
-    momenta = torch.randn(hmc_steps, eot_samples, n, d, generator=generator, **like)
-    uniforms = torch.rand(hmc_steps, eot_samples, n, generator=generator, **like)
+    dtype, device = x_ref.dtype, x_ref.device
+    start_noise = torch.randn(
+        eot_samples, n, d, generator=generator, dtype=dtype, device=device
+    )
+    momenta = torch.randn(
+        hmc_steps, eot_samples, n, d, generator=generator, dtype=dtype, device=device
+    )
+    uniforms = torch.rand(
+        hmc_steps, eot_samples, n, generator=generator, dtype=dtype, device=device
+    )
 
     def objective(x: torch.Tensor) -> torch.Tensor:  # (R·B, C, H, W) -> (R·B,)
         with torch.enable_grad():
             q_x = model.encode(x)
             z = (q_x.mean + q_x.stddev * start_noise).reshape(eot_samples * n, d)
             x_rep = x.repeat(eot_samples, *[1] * (x.dim() - 1))
-            z = _chain(model, z, x_rep, momenta=momenta.reshape(hmc_steps, eot_samples * n, d),
-                       uniforms=uniforms.reshape(hmc_steps, eot_samples * n), step_size=step_size,
-                       num_leapfrog=num_leapfrog, accept=accept)
+            z = _chain(
+                model,
+                z,
+                x_rep,
+                momenta=momenta.reshape(hmc_steps, eot_samples * n, d),
+                uniforms=uniforms.reshape(hmc_steps, eot_samples * n),
+                step_size=step_size,
+                num_leapfrog=num_leapfrog,
+                accept=accept,
+            )
             decoded = model.decode(z).mean.reshape(eot_samples, *x.shape)
             return ((decoded - target) ** 2).flatten(2).sum(-1).mean(0)
 
@@ -129,8 +161,11 @@ def adaptive_attack(
         return pgd(objective, x_ref=x_ref, config=config, generator=generator)
 
 
-def _value_and_grad(model, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ln p(x, z) and its gradient in z, both differentiable further (double backprop)."""
+def _value_and_grad(
+    model, z: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ln p(x, z) and its gradient in z, both differentiable further
+    (double backprop)."""
     if not z.requires_grad:  # the final, gradient-free evaluation of the attack
         z = z.detach().requires_grad_(True)
     value = model.log_joint(z, x)
@@ -138,19 +173,33 @@ def _value_and_grad(model, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tens
     return value, grad
 
 
-def _chain(model, z: torch.Tensor, x: torch.Tensor, *, momenta: torch.Tensor, uniforms: torch.Tensor,
-           step_size: float, num_leapfrog: int, accept: str) -> torch.Tensor:
-    """T differentiable HMC transitions with the given momenta (T, N, d) and uniforms (T, N)."""
+def _chain(
+    model,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    momenta: torch.Tensor,
+    uniforms: torch.Tensor,
+    step_size: float,
+    num_leapfrog: int,
+    accept: str,
+) -> torch.Tensor:
+    """T differentiable HMC transitions with the given momenta (T, N, d) and uniforms
+    (T, N)."""
     value, grad = _value_and_grad(model, z, x)
-    for p0, u in zip(momenta, uniforms):
+    for p0, u in zip(momenta, uniforms, strict=True):
         z_new, p = z, p0 + 0.5 * step_size * grad
         for i in range(num_leapfrog):
             z_new = z_new + step_size * p
             value_new, grad_new = _value_and_grad(model, z_new, x)
             p = p + (step_size if i < num_leapfrog - 1 else 0.5 * step_size) * grad_new
-        energy_error = (-value_new + 0.5 * (p**2).sum(-1)) - (-value + 0.5 * (p0**2).sum(-1))
+        energy_error = (-value_new + 0.5 * (p**2).sum(-1)) - (
+            -value + 0.5 * (p0**2).sum(-1)
+        )
         energy_error = torch.nan_to_num(energy_error, nan=float("inf"))
-        a = torch.exp(-energy_error.clamp(min=0.0))  # min(1, e^(−ΔH)); 0 for a divergent proposal
+        a = torch.exp(
+            -energy_error.clamp(min=0.0)
+        )  # min(1, e^(−ΔH)); 0 for a divergent proposal
         if accept == "soft":
             z = a[:, None] * z_new + (1 - a[:, None]) * z
             value, grad = _value_and_grad(model, z, x)

@@ -11,16 +11,16 @@ Gaussian for one x alone, q*_x = argmax_q ELBO(x; q), can only be better. Cremer
 once (each has its own mean and scale; their ELBOs are independent, so one summed loss
 optimises each).
 
-:func:`posterior_modes` finds where the model's own posterior p(z | x) peaks, per example,
-with nothing but ``log_joint``: the encoder-free reference point against which an
-encoder's answer (and how far an attack moves it) can be compared, for any model.
+:func:`posterior_modes` finds where the model's own posterior p(z | x) peaks, per
+example, with nothing but ``log_joint``: the encoder-free reference point against which
+an encoder's answer (and how far an attack moves it) can be compared, for any model.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution, Independent, Normal
 import torch.nn.functional as F
+from torch.distributions import Distribution, Independent, Normal
 
 from companion.frozen import frozen
 from companion.objectives import elbo
@@ -58,7 +58,9 @@ def fit_local_posteriors(
         raise ValueError(f"steps must be >= 1, got {steps}")
     mean = init.mean.detach().clone().requires_grad_(True)
     # softplus⁻¹(s) so that softplus keeps the scale positive during optimisation
-    raw = torch.log(torch.expm1(init.stddev.detach().clamp_min(1e-6))).requires_grad_(True)
+    raw = torch.log(torch.expm1(init.stddev.detach().clamp_min(1e-6))).requires_grad_(
+        True
+    )
     optimiser = torch.optim.Adam([mean, raw], lr=lr)
     with frozen(model):
         for _ in progress_bar(range(steps), desc="local ELBO", enabled=progress):
@@ -87,8 +89,8 @@ def fit_amortised_encoder(
     Adam with a cosine learning-rate decay over ``steps`` minibatches drawn with
     replacement from ``x``. The model's parameters are not changed, except those that
     belong to ``encoder`` itself (an encoder may be part of the model, as
-    :meth:`companion.models.ConvVAE.inference_network` is); the encoder is trained in place
-    and returned.
+    :meth:`companion.models.ConvVAE.inference_network` is); the encoder is trained in
+    place and returned.
 
     Args:
         model: a model with ``prior`` and ``decode``.
@@ -111,8 +113,14 @@ def fit_amortised_encoder(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     with frozen(model, keep=trained):
         for _ in progress_bar(range(steps), desc="encoder ELBO", enabled=progress):
-            batch = x[torch.randint(len(x), (batch_size,), generator=generator, device=x.device)]
-            loss = -elbo(model=model, x=batch, posterior=encoder(batch), n_samples=n_samples).elbo.mean()
+            batch = x[
+                torch.randint(
+                    len(x), (batch_size,), generator=generator, device=x.device
+                )
+            ]
+            loss = -elbo(
+                model=model, x=batch, posterior=encoder(batch), n_samples=n_samples
+            ).elbo.mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -123,14 +131,16 @@ def fit_amortised_encoder(
 def posterior_modes(
     *, model, x: torch.Tensor, init: torch.Tensor, steps: int = 200, lr: float = 0.05
 ) -> torch.Tensor:
-    """The modes of the model's posteriors, argmax_z ln p(z) + ln p(x | z), one per example.
+    """The modes of the model's posteriors, argmax_z ln p(z) + ln p(x | z),
+    one per example.
 
-    Adam on the summed negative log joint (each row's term depends on its own code only, so
-    one loss optimises every row), started at ``init``. The log joint is the log posterior
-    up to ln p(x), so its maximiser is the posterior's mode (the MAP code).
+    Adam on the summed negative log joint (each row's term depends on its own code only,
+    so one loss optimises every row), started at ``init``. The log joint is the log
+    posterior up to ln p(x), so its maximiser is the posterior's mode (the MAP code).
 
     Args:
-        model: a model with ``log_joint(z, x) -> (B,)`` (its parameters are not changed).
+        model: a model with ``log_joint(z, x) -> (B,)``
+            (its parameters are not changed).
         x: data, shape (B, ...) as the model expects.
         init: (B, z_dim) starting codes, usually the encoder's means.
         steps: Adam steps (>= 1); chapter 6's models move less than 1e-4 after 200.
@@ -142,7 +152,10 @@ def posterior_modes(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if init.dim() != 2 or len(init) != len(x):
-        raise ValueError(f"init must be (B, z_dim) with B = len(x) = {len(x)}, got shape {tuple(init.shape)}")
+        raise ValueError(
+            f"init must be (B, z_dim) with B = len(x) = {len(x)}, got shape "
+            f"{tuple(init.shape)}"
+        )
     z = init.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z], lr=lr)
     with frozen(model):

@@ -1,7 +1,7 @@
 """Adversarial attacks on VAE encoders (Kuzina, Welling & Tomczak, 2022, section 3).
 
-An attack looks for x^a = x^r + ε with ‖ε‖ ≤ δ and x^a in [0, 1] that the encoder perceives
-differently from the reference x^r:
+An attack looks for x^a = x^r + ε with ‖ε‖ ≤ δ and x^a in [0, 1] that the encoder
+perceives differently from the reference x^r:
 
 * unsupervised: maximise SKL[q(z | x^r + ε), q(z | x^r)];
 * supervised: minimise SKL[q(z | x^r + ε), q(z | x^t)] for a chosen target x^t;
@@ -51,8 +51,8 @@ class AttackConfig:
     """Settings of a projected-gradient attack.
 
     Attributes:
-        radius: δ, the largest allowed ‖ε‖ (pixels in [0, 1]); the papers use 0.1 and 0.2
-            for L∞.
+        radius: δ, the largest allowed ‖ε‖ (pixels in [0, 1]); the papers use 0.1 and
+            0.2 for L∞.
         norm: ``linf`` or ``l2``.
         steps: gradient steps per restart.
         step_size: α per step; default 2.5 δ / steps (Madry et al., 2018).
@@ -74,19 +74,29 @@ class AttackConfig:
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
         if self.optimizer not in ("sign", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sign' or 'adam'")
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose 'sign' or 'adam'"
+            )
         if self.steps < 0 or self.restarts < 1:
-            raise ValueError(f"steps must be >= 0 and restarts >= 1, got {self.steps} and {self.restarts}")
+            raise ValueError(
+                f"steps must be >= 0 and restarts >= 1, got {self.steps} and "
+                f"{self.restarts}"
+            )
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size must be positive, got {self.step_size}")
 
     @property
     def alpha(self) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * self.radius / max(self.steps, 1)
+        return (
+            self.step_size
+            if self.step_size is not None
+            else 2.5 * self.radius / max(self.steps, 1)
+        )
 
     @property
     def gradient_evaluations(self) -> int:
-        """Gradients of the objective per reference: one per step and restart (the attack's cost)."""
+        """Gradients of the objective per reference: one per step and restart
+        (the attack's cost)."""
         return self.steps * self.restarts
 
 
@@ -114,12 +124,16 @@ def diagonal_gaussians(q) -> list[Independent]:
     groups = groups if isinstance(groups, (list, tuple)) else [groups]
     for g in groups:
         if not (isinstance(g, Independent) and isinstance(g.base_dist, Normal)):
-            raise ValueError(f"expected diagonal Gaussians (Independent(Normal)), got {type(g).__name__}")
+            raise ValueError(
+                "expected diagonal Gaussians (Independent(Normal)), got "
+                f"{type(g).__name__}"
+            )
     return list(groups)
 
 
 def symmetric_kl(q1, q2) -> torch.Tensor:
-    """SKL[q1, q2] = KL[q1 ‖ q2] + KL[q2 ‖ q1] per example, summed over dimensions and groups.
+    """SKL[q1, q2] = KL[q1 ‖ q2] + KL[q2 ‖ q1] per example,
+    summed over dimensions and groups.
 
     For diagonal Gaussians with means μ1, μ2 and variances s1, s2 (per dimension):
     SKL = ½ Σ [(s1 + Δ²) / s2 + (s2 + Δ²) / s1 − 2],  Δ = μ1 − μ2.
@@ -134,22 +148,24 @@ def symmetric_kl(q1, q2) -> torch.Tensor:
     g1, g2 = diagonal_gaussians(q1), diagonal_gaussians(q2)
     if len(g1) != len(g2):
         raise ValueError(f"posteriors have {len(g1)} and {len(g2)} groups")
-    total = 0.0
-    for a, b in zip(g1, g2):
+    total: torch.Tensor | float = 0.0
+    for a, b in zip(g1, g2, strict=True):
         va, vb = a.variance, b.variance
         sq = (a.mean - b.mean) ** 2
         per_dim = 0.5 * ((va + sq) / vb + (vb + sq) / va - 2.0)
         event_dims = tuple(range(-a.reinterpreted_batch_ndims, 0))
         total = total + (per_dim.sum(event_dims) if event_dims else per_dim)
-    return total
+    return torch.as_tensor(total)  # a tensor already unless there are no groups
 
 
-def project(x: torch.Tensor, *, x_ref: torch.Tensor, radius: float, norm: str) -> torch.Tensor:
+def project(
+    x: torch.Tensor, *, x_ref: torch.Tensor, radius: float, norm: str
+) -> torch.Tensor:
     """Bring x into {x : ‖x − x_ref‖ ≤ radius} ∩ [0, 1]^d, per example.
 
-    The perturbation is first clipped (L∞) or rescaled (L2) into the ball, then pixels are
-    clamped to [0, 1]. Clamping moves each pixel towards x_ref's box, so it never leaves
-    the ball again: the result is always feasible.
+    The perturbation is first clipped (L∞) or rescaled (L2) into the ball, then pixels
+    are clamped to [0, 1]. Clamping moves each pixel towards x_ref's box, so it never
+    leaves the ball again: the result is always feasible.
 
     Args:
         x: (N, ...) candidates; x_ref: (N, ...) references in [0, 1].
@@ -165,14 +181,27 @@ def project(x: torch.Tensor, *, x_ref: torch.Tensor, radius: float, norm: str) -
     return (x_ref + eps).clamp(0.0, 1.0)
 
 
-def random_start(x_ref: torch.Tensor, *, radius: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniformly random point of the ball around each reference, projected into [0, 1]."""
-    noise = torch.rand(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
+def random_start(
+    x_ref: torch.Tensor,
+    *,
+    radius: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A uniformly random point of the ball around each reference,
+    projected into [0, 1]."""
+    noise = torch.rand(
+        x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype
+    )
     if norm == "linf":
         eps = radius * (2 * noise - 1)
     else:  # uniform in the L2 ball: Gaussian direction, radius · U^(1/d)
-        direction = torch.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x_ref.dim() - 1))
+        direction = torch.randn(
+            x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype
+        )
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(
+            -1, *[1] * (x_ref.dim() - 1)
+        )
         d = x_ref[0].numel()
         scale = radius * noise.flatten(1)[:, :1] ** (1.0 / d)
         eps = direction * scale.view(-1, *[1] * (x_ref.dim() - 1))
@@ -186,11 +215,13 @@ def pgd(
     config: AttackConfig,
     generator: torch.Generator | None = None,
 ) -> AttackResult:
-    """Maximise ``objective`` within the ball around every reference, with random restarts.
+    """Maximise ``objective`` within the ball around every reference,
+    with random restarts.
 
     Args:
-        objective: maps candidates (R·B, C, H, W) to values (R·B,) to maximise. It receives
-            the restarts stacked along the batch axis (restart-major: index r·B + b).
+        objective: maps candidates (R·B, C, H, W) to values (R·B,) to maximise. It
+            receives the restarts stacked along the batch axis (restart-major:
+            index r·B + b).
         x_ref: (B, C, H, W) references in [0, 1].
         config: :class:`AttackConfig`.
         generator: seeds the random starts.
@@ -213,7 +244,12 @@ def pgd(
             (-value.sum()).backward()
             adam.step()
             with torch.no_grad():
-                eps.copy_(project(ref + eps, x_ref=ref, radius=config.radius, norm=config.norm) - ref)
+                eps.copy_(
+                    project(
+                        ref + eps, x_ref=ref, radius=config.radius, norm=config.norm
+                    )
+                    - ref
+                )
             continue
         x = x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(x).sum(), x)
@@ -221,20 +257,35 @@ def pgd(
             if config.norm == "linf":
                 step = grad.sign()
             else:
-                step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
-            x = project(x + config.alpha * step, x_ref=ref, radius=config.radius, norm=config.norm)
+                step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(
+                    -1, *[1] * (grad.dim() - 1)
+                )
+            x = project(
+                x + config.alpha * step,
+                x_ref=ref,
+                radius=config.radius,
+                norm=config.norm,
+            )
     if adam is not None:
-        x = project(ref + eps.detach(), x_ref=ref, radius=config.radius, norm=config.norm)
+        x = project(
+            ref + eps.detach(), x_ref=ref, radius=config.radius, norm=config.norm
+        )
     with torch.no_grad():
         values = objective(x.detach()).reshape(r, b)
     best = values.argmax(0)  # (B,)
-    x_best = x.detach().reshape(r, b, *x_ref.shape[1:])[best, torch.arange(b, device=best.device)]
-    return AttackResult(x_adv=x_best, objective=values.max(0).values, restart_objectives=values)
+    x_best = x.detach().reshape(r, b, *x_ref.shape[1:])[
+        best, torch.arange(b, device=best.device)
+    ]
+    return AttackResult(
+        x_adv=x_best, objective=values.max(0).values, restart_objectives=values
+    )
 
 
 def _check_model_input(model, x: torch.Tensor) -> None:
     if not hasattr(model, "encode"):
-        raise ValueError(f"{type(model).__name__} has no encoder (encode); attacks need q(z | x)")
+        raise ValueError(
+            f"{type(model).__name__} has no encoder (encode); attacks need q(z | x)"
+        )
     check_images(x, shape=tuple(model.image_shape))
 
 
@@ -243,49 +294,101 @@ def _repeat(q, times: int):
     out = []
     for g in diagonal_gaussians(q):
         reps = (times, *[1] * (g.mean.dim() - 1))
-        out.append(Independent(Normal(g.mean.repeat(reps), g.stddev.repeat(reps)), g.reinterpreted_batch_ndims))
+        out.append(
+            Independent(
+                Normal(g.mean.repeat(reps), g.stddev.repeat(reps)),
+                g.reinterpreted_batch_ndims,
+            )
+        )
     return out
 
 
-def unsupervised_attack(model, x_ref: torch.Tensor, *, config: AttackConfig, generator: torch.Generator | None = None) -> AttackResult:
-    """Maximise SKL[q(z | x^r + ε), q(z | x^r)] within the ball (objective: that SKL, nats)."""
+def unsupervised_attack(
+    model,
+    x_ref: torch.Tensor,
+    *,
+    config: AttackConfig,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Maximise SKL[q(z | x^r + ε), q(z | x^r)] within the ball (objective: that SKL,
+    nats)."""
     _check_model_input(model, x_ref)
     with torch.no_grad():
         q_ref = _repeat(model.encode(x_ref), config.restarts)
     with frozen(model):
-        return pgd(lambda x: symmetric_kl(model.encode(x), q_ref), x_ref=x_ref, config=config, generator=generator)
+        return pgd(
+            lambda x: symmetric_kl(model.encode(x), q_ref),
+            x_ref=x_ref,
+            config=config,
+            generator=generator,
+        )
 
 
 def supervised_attack(
-    model, x_ref: torch.Tensor, x_target: torch.Tensor, *, config: AttackConfig, generator: torch.Generator | None = None
+    model,
+    x_ref: torch.Tensor,
+    x_target: torch.Tensor,
+    *,
+    config: AttackConfig,
+    generator: torch.Generator | None = None,
 ) -> AttackResult:
-    """Minimise SKL[q(z | x^r + ε), q(z | x^t)] within the ball (objective: minus that SKL)."""
+    """Minimise SKL[q(z | x^r + ε), q(z | x^t)] within the ball (objective:
+    minus that SKL)."""
     _check_model_input(model, x_ref)
     _check_model_input(model, x_target)
     if x_target.shape != x_ref.shape:
-        raise ValueError(f"one target per reference: shapes {tuple(x_target.shape)} and {tuple(x_ref.shape)}")
+        raise ValueError(
+            f"one target per reference: shapes {tuple(x_target.shape)} and "
+            f"{tuple(x_ref.shape)}"
+        )
     with torch.no_grad():
         q_target = _repeat(model.encode(x_target), config.restarts)
     with frozen(model):
-        return pgd(lambda x: -symmetric_kl(model.encode(x), q_target), x_ref=x_ref, config=config, generator=generator)
+        return pgd(
+            lambda x: -symmetric_kl(model.encode(x), q_target),
+            x_ref=x_ref,
+            config=config,
+            generator=generator,
+        )
 
 
 def classifier_attack(
-    model, classifier: torch.nn.Module, x_ref: torch.Tensor, labels: torch.Tensor, *,
-    config: AttackConfig, generator: torch.Generator | None = None,
+    model,
+    classifier: torch.nn.Module,
+    x_ref: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    config: AttackConfig,
+    generator: torch.Generator | None = None,
 ) -> AttackResult:
-    """Maximise the cross-entropy of ``classifier(E_q[z | x])`` against the true ``labels``."""
+    """Maximise the cross-entropy of ``classifier(E_q[z | x])`` against the true
+    ``labels``."""
     _check_model_input(model, x_ref)
     if labels.shape != x_ref.shape[:1]:
-        raise ValueError(f"one label per reference: labels {tuple(labels.shape)} for {x_ref.shape[0]} references")
+        raise ValueError(
+            f"one label per reference: labels {tuple(labels.shape)} for "
+            f"{x_ref.shape[0]} references"
+        )
     y = labels.repeat(config.restarts)
     loss = torch.nn.CrossEntropyLoss(reduction="none")
     with frozen(model, classifier):
-        return pgd(lambda x: loss(classifier(model.encode(x).mean), y), x_ref=x_ref, config=config, generator=generator)
+        return pgd(
+            lambda x: loss(classifier(model.encode(x).mean), y),
+            x_ref=x_ref,
+            config=config,
+            generator=generator,
+        )
 
 
-def random_noise(x_ref: torch.Tensor, *, like: torch.Tensor, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The baseline: random perturbations with the same norm as ``like − x_ref``, per example.
+def random_noise(
+    x_ref: torch.Tensor,
+    *,
+    like: torch.Tensor,
+    norm: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The baseline: random perturbations with the same norm as ``like − x_ref``,
+    per example.
 
     L∞: uniform random signs times the attack's L∞ norm; L2: a uniform random direction
     scaled to the attack's L2 norm. Then clamped to [0, 1] (which can only shrink them).
@@ -294,12 +397,24 @@ def random_noise(x_ref: torch.Tensor, *, like: torch.Tensor, norm: str, generato
     shape = (-1, *[1] * (x_ref.dim() - 1))
     if norm == "linf":
         size = eps.flatten(1).abs().amax(1).view(shape)
-        signs = torch.randint(0, 2, x_ref.shape, generator=generator, device=x_ref.device).to(x_ref.dtype) * 2 - 1
+        signs = (
+            torch.randint(
+                0, 2, x_ref.shape, generator=generator, device=x_ref.device
+            ).to(x_ref.dtype)
+            * 2
+            - 1
+        )
         noise = size * signs
     elif norm == "l2":
         size = eps.flatten(1).norm(dim=1).view(shape)
-        direction = torch.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
-        noise = size * direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+        direction = torch.randn(
+            x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype
+        )
+        noise = (
+            size
+            * direction
+            / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+        )
     else:
         raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
     return (x_ref + noise).clamp(0.0, 1.0)

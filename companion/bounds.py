@@ -1,11 +1,12 @@
-"""Every term of the HMC defence's total-variation bound, exactly, on a linear-Gaussian model.
+"""Every term of the HMC defence's total-variation bound, exactly,
+on a linear-Gaussian model.
 
 Kuzina, Welling & Tomczak (2022, theorem 1) bound how far the defended codes for an
 attacked input x^a = x^r + ε can be from the encoder's codes for the reference x^r:
 
-    TV[q^(t)(z|x^a) ‖ q_φ(z|x^r)] ≤ TV[q^(t)(z|x^a) ‖ p(z|x^a)]        (MCMC term)
-                                   + TV[p(z|x^a)    ‖ p(z|x^r)]        (attack term)
-                                   + TV[p(z|x^r)    ‖ q_φ(z|x^r)]      (approximation term)
+    TV[q^(t)(z|x^a) ‖ q_φ(z|x^r)] ≤ TV[q^(t)(z|x^a) ‖ p(z|x^a)]     (MCMC term)
+                                   + TV[p(z|x^a)    ‖ p(z|x^r)]     (attack term)
+                                   + TV[p(z|x^r)    ‖ q_φ(z|x^r)]   (approximation term)
                                  ≤ √(½ KL[q^(t) ‖ p(·|x^a)]) + TV[p(·|x^a) ‖ p(·|x^r)]
                                    + √(½ KL[q_φ(·|x^r) ‖ p(·|x^r)])
 
@@ -35,7 +36,11 @@ from typing import NamedTuple
 import torch
 from torch.distributions import Distribution, MultivariateNormal, kl_divergence
 
-from companion.models.linear_gaussian import DiagonalLinearEncoder, LinearGaussian, as_multivariate
+from companion.models.linear_gaussian import (
+    DiagonalLinearEncoder,
+    LinearGaussian,
+    as_multivariate,
+)
 
 __all__ = [
     "pinsker",
@@ -56,8 +61,8 @@ def pinsker(kl: torch.Tensor) -> torch.Tensor:
 def tv_same_covariance(p: MultivariateNormal, q: MultivariateNormal) -> torch.Tensor:
     """Exact TV between two Gaussians with one covariance Σ: 2 Φ(Δ / 2) − 1.
 
-    Δ = ‖Σ^{-1/2} (μ_p − μ_q)‖ is the Mahalanobis distance of the means; the two densities
-    cross on a hyperplane, and the mass of P beyond it is Φ(Δ / 2).
+    Δ = ‖Σ^{-1/2} (μ_p − μ_q)‖ is the Mahalanobis distance of the means; the two
+    densities cross on a hyperplane, and the mass of P beyond it is Φ(Δ / 2).
 
     Returns:
         (batch,) total variation in [0, 1].
@@ -65,8 +70,12 @@ def tv_same_covariance(p: MultivariateNormal, q: MultivariateNormal) -> torch.Te
     Raises:
         ValueError: the covariances differ (use :func:`tv_monte_carlo`).
     """
-    if not torch.allclose(p.covariance_matrix, q.covariance_matrix, rtol=1e-8, atol=1e-10):
-        raise ValueError("tv_same_covariance needs equal covariances; use tv_monte_carlo otherwise")
+    if not torch.allclose(
+        p.covariance_matrix, q.covariance_matrix, rtol=1e-8, atol=1e-10
+    ):
+        raise ValueError(
+            "tv_same_covariance needs equal covariances; use tv_monte_carlo otherwise"
+        )
     diff = (p.mean - q.mean).unsqueeze(-1)
     white = torch.linalg.solve_triangular(p.scale_tril, diff, upper=False).squeeze(-1)
     half_distance = white.norm(dim=-1) / 2
@@ -74,9 +83,14 @@ def tv_same_covariance(p: MultivariateNormal, q: MultivariateNormal) -> torch.Te
 
 
 def tv_monte_carlo(
-    p: MultivariateNormal, q: MultivariateNormal, *, num_samples: int, generator: torch.Generator | None = None,
+    p: MultivariateNormal,
+    q: MultivariateNormal,
+    *,
+    num_samples: int,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unbiased Monte Carlo estimate of TV[P ‖ Q] = E_P[(1 − q(z) / p(z))₊], with its standard error.
+    """Unbiased Monte Carlo estimate of TV[P ‖ Q] = E_P[(1 − q(z) / p(z))₊],
+    with its standard error.
 
     Args:
         p, q: Gaussians with the same batch shape (B,) and event shape (d,).
@@ -87,9 +101,14 @@ def tv_monte_carlo(
         (estimate, standard_error), each of shape (B,).
     """
     if num_samples < 2:
-        raise ValueError(f"num_samples must be >= 2 to give a standard error, got {num_samples}")
+        raise ValueError(
+            f"num_samples must be >= 2 to give a standard error, got {num_samples}"
+        )
     noise = torch.randn(
-        (num_samples, *p.batch_shape, *p.event_shape), generator=generator, dtype=p.mean.dtype, device=p.mean.device
+        (num_samples, *p.batch_shape, *p.event_shape),
+        generator=generator,
+        dtype=p.mean.dtype,
+        device=p.mean.device,
     )
     z = p.mean + (p.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
     terms = (1 - (q.log_prob(z) - p.log_prob(z)).exp()).clamp_min(0)
@@ -97,14 +116,18 @@ def tv_monte_carlo(
 
 
 def exact_hmc_marginals(
-    start: Distribution, target: MultivariateNormal, *, steps: int, integration_time: float,
+    start: Distribution,
+    target: MultivariateNormal,
+    *,
+    steps: int,
+    integration_time: float,
 ) -> list[MultivariateNormal]:
     """Laws q^(0), …, q^(T) of HMC chains with exact dynamics on a Gaussian target.
 
     With unit mass and target N(μ, Σ), Σ⁻¹ = V diag(ω²) Vᵀ, Hamilton's equations are
-    harmonic oscillators: after integration time τ, z' − μ = C (z − μ) + S ρ with momentum
-    ρ ~ N(0, I), C = V cos(ωτ) Vᵀ and S = V diag(sin(ωτ) / ω) Vᵀ. The energy is conserved,
-    so every proposal is accepted, and a Gaussian start stays Gaussian:
+    harmonic oscillators: after integration time τ, z' − μ = C (z − μ) + S ρ with
+    momentum ρ ~ N(0, I), C = V cos(ωτ) Vᵀ and S = V diag(sin(ωτ) / ω) Vᵀ. The energy is
+    conserved, so every proposal is accepted, and a Gaussian start stays Gaussian:
 
         m_{t+1} = μ + C (m_t − μ),    P_{t+1} = C P_t Cᵀ + S Sᵀ,
 
@@ -112,8 +135,10 @@ def exact_hmc_marginals(
     moments closely (the chapter checks it against :mod:`companion.hmc.torch`).
 
     Args:
-        start: q^(0), a Gaussian (diagonal or full) with batch shape (B,), event shape (d,).
-        target: the posterior, batch shape (B,) (or broadcastable), one covariance for all.
+        start: q^(0), a Gaussian (diagonal or full) with batch shape (B,), event shape
+            (d,).
+        target: the posterior, batch shape (B,) (or broadcastable),
+            one covariance for all.
         steps: T ≥ 0 transitions.
         integration_time: τ > 0 per transition (leapfrog steps × step size).
 
@@ -141,7 +166,9 @@ def exact_hmc_marginals(
     return laws
 
 
-def worst_case_l2_perturbation(encoder: DiagonalLinearEncoder, *, radius: float) -> torch.Tensor:
+def worst_case_l2_perturbation(
+    encoder: DiagonalLinearEncoder, *, radius: float
+) -> torch.Tensor:
     """The L2 perturbation of norm ``radius`` that maximises the encoder's symmetric KL.
 
     For q(z|x) = N(A x + c, diag(s²)) the covariance does not depend on x, so
@@ -170,7 +197,8 @@ class TVBoundTerms(NamedTuple):
         lhs_stderr: (K, B) its standard error.
         mcmc: (T+1, B) √(½ KL[q^(t)(·|x^a) ‖ p(·|x^a)]), which goes to 0 as t grows.
         attack: (B,) exact TV[p(·|x^a) ‖ p(·|x^r)], which grows with the attack radius.
-        approximation: (B,) √(½ KL[q_φ(·|x^r) ‖ p(·|x^r)]), the encoder's approximation gap.
+        approximation: (B,) √(½ KL[q_φ(·|x^r) ‖ p(·|x^r)]),
+            the encoder's approximation gap.
     """
 
     lhs_steps: torch.Tensor
@@ -187,7 +215,8 @@ class TVBoundTerms(NamedTuple):
 
     @property
     def slack(self) -> torch.Tensor:
-        """(K, B) bound minus left side at ``lhs_steps`` (≥ 0 up to Monte Carlo error)."""
+        """(K, B) bound minus left side at ``lhs_steps``
+        (≥ 0 up to Monte Carlo error)."""
         return self.rhs[self.lhs_steps] - self.lhs
 
 
@@ -213,13 +242,15 @@ def tv_bound_terms(
         steps: T, the largest number of transitions.
         integration_time: τ per transition (see :func:`exact_hmc_marginals`).
         lhs_steps: the t in 0 … T at which to estimate the left side (default: all; each
-            costs ``num_samples`` × B density evaluations, the other terms are closed-form).
+            costs ``num_samples`` × B density evaluations,
+            the other terms are closed-form).
         num_samples: Monte Carlo draws per estimate of the left side.
         generator: torch generator of those draws.
     """
     if x_ref.shape != x_adv.shape or x_ref.dim() != 2 or x_ref.shape[-1] != model.x_dim:
         raise ValueError(
-            f"x_ref and x_adv must both be (B, {model.x_dim}); got {tuple(x_ref.shape)} and {tuple(x_adv.shape)}"
+            f"x_ref and x_adv must both be (B, {model.x_dim}); got "
+            f"{tuple(x_ref.shape)} and {tuple(x_adv.shape)}"
         )
     lhs_steps = list(range(steps + 1)) if lhs_steps is None else sorted(set(lhs_steps))
     if lhs_steps and not 0 <= lhs_steps[0] <= lhs_steps[-1] <= steps:
@@ -228,8 +259,13 @@ def tv_bound_terms(
         q_ref = as_multivariate(encoder(x_ref))
         q_adv = as_multivariate(encoder(x_adv))
         post_ref, post_adv = model.posterior(x_ref), model.posterior(x_adv)
-        laws = exact_hmc_marginals(q_adv, post_adv, steps=steps, integration_time=integration_time)
-        estimates = [tv_monte_carlo(laws[t], q_ref, num_samples=num_samples, generator=generator) for t in lhs_steps]
+        laws = exact_hmc_marginals(
+            q_adv, post_adv, steps=steps, integration_time=integration_time
+        )
+        estimates = [
+            tv_monte_carlo(laws[t], q_ref, num_samples=num_samples, generator=generator)
+            for t in lhs_steps
+        ]
         empty = x_ref.new_zeros(0, x_ref.shape[0])
         return TVBoundTerms(
             lhs_steps=torch.tensor(lhs_steps, dtype=torch.long),

@@ -1,15 +1,15 @@
 """A disk cache of trained models, so that chapters share them instead of retraining.
 
-Each chapter runs in a fresh kernel; chapter 8 uses the DDPM chapter 7 trained. A model is
-identified by a *key*: a JSON-serialisable mapping of everything that determines its
+Each chapter runs in a fresh kernel; chapter 8 uses the DDPM chapter 7 trained. A model
+is identified by a *key*: a JSON-serialisable mapping of everything that determines its
 weights (settings dataclasses via ``dataclasses.asdict``, the data set's identity, the
 seed) plus :data:`CACHE_VERSION`, which is bumped whenever training code changes what it
 produces. The file name is a SHA-256 of the canonical JSON of the key, so equal settings
 find the same file on every machine.
 
 Files are safetensors ``state_dict`` s (tensors only: loading never runs code), written
-atomically by :func:`companion.train.save_checkpoint`; the key is stored in the header and
-compared on load. An unreadable or mismatching file is retrained with a warning.
+atomically by :func:`companion.train.save_checkpoint`; the key is stored in the header
+and compared on load. An unreadable or mismatching file is retrained with a warning.
 
 Environment:
     ``COMPANION_CACHE_DIR``: where files live (default ``~/.cache/companion/models``).
@@ -35,7 +35,13 @@ from torch import nn
 from companion.train import load_checkpoint, save_checkpoint
 
 __all__ = [
-    "CACHE_VERSION", "cache_dir", "cache_enabled", "cache_key", "cache_path", "cached_model", "cached_training",
+    "CACHE_VERSION",
+    "cache_dir",
+    "cache_enabled",
+    "cache_key",
+    "cache_path",
+    "cached_model",
+    "cached_training",
 ]
 
 CACHE_DIR_ENV = "COMPANION_CACHE_DIR"
@@ -49,17 +55,29 @@ M = TypeVar("M", bound=nn.Module)
 def cache_dir() -> Path:
     """``$COMPANION_CACHE_DIR``, else ``~/.cache/companion/models``."""
     env = os.environ.get(CACHE_DIR_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "companion" / "models"
+    return (
+        Path(env).expanduser()
+        if env
+        else Path.home() / ".cache" / "companion" / "models"
+    )
 
 
 def cache_enabled() -> bool:
     """False when ``$COMPANION_CACHE`` is 0/false/no/off."""
-    return os.environ.get(CACHE_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in {
+        "0",
+        "false",
+        "no",
+        "off",
+    }
 
 
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__dataclass__": type(value).__name__, **_jsonable(dataclasses.asdict(value))}
+        return {
+            "__dataclass__": type(value).__name__,
+            **_jsonable(dataclasses.asdict(value)),
+        }
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -67,19 +85,26 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(
-        f"cache keys hold JSON-like values and dataclasses only, got {type(value).__name__}: {value!r}"
+        "cache keys hold JSON-like values and dataclasses only, got "
+        f"{type(value).__name__}: {value!r}"
     )
 
 
 def cache_key(key: Mapping[str, Any]) -> str:
-    """The canonical JSON of ``key`` plus :data:`CACHE_VERSION` (sorted keys, no spaces)."""
+    """The canonical JSON of ``key`` plus :data:`CACHE_VERSION`
+    (sorted keys, no spaces)."""
     if not isinstance(key, Mapping):
         raise TypeError(f"a cache key is a mapping, got {type(key).__name__}")
-    return json.dumps({"cache_version": CACHE_VERSION, **_jsonable(key)}, sort_keys=True, separators=(",", ":"))
+    return json.dumps(
+        {"cache_version": CACHE_VERSION, **_jsonable(key)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def cache_path(key: Mapping[str, Any], *, name: str = "model") -> Path:
-    """Where the model for ``key`` is stored: ``<cache_dir>/<name>-<sha256[:16]>.safetensors``."""
+    """Where the model for ``key`` is stored:
+    ``<cache_dir>/<name>-<sha256[:16]>.safetensors``."""
     digest = hashlib.sha256(cache_key(key).encode()).hexdigest()[:16]
     return cache_dir() / f"{name}-{digest}.safetensors"
 
@@ -91,7 +116,8 @@ def cached_model(
     train: Callable[[M], object],
     name: str = "model",
 ) -> M:
-    """Return a trained model: from the cache when ``key`` was trained before, else trained now.
+    """Return a trained model: from the cache when ``key`` was trained before,
+    else trained now.
 
     Args:
         key: everything that determines the trained weights (JSON-like values and
@@ -103,7 +129,9 @@ def cached_model(
     Returns:
         The model, in eval mode.
     """
-    model, _ = cached_training(key=key, build=build, train=lambda m: (train(m), None)[1], name=name)
+    model, _ = cached_training(
+        key=key, build=build, train=lambda m: (train(m), None)[1], name=name
+    )
     return model
 
 
@@ -117,8 +145,8 @@ def cached_training(
     """Like :func:`cached_model`, and also keep what training reported.
 
     ``train`` returns a JSON-serialisable record (for instance a training history as a
-    dict); it is stored in the file's header next to the key, so that a cache hit returns
-    the record of the run that produced the weights.
+    dict); it is stored in the file's header next to the key, so that a cache hit
+    returns the record of the run that produced the weights.
 
     Returns:
         (model in eval mode, record).
@@ -133,9 +161,15 @@ def cached_training(
             meta = load_checkpoint(model, path)
             if meta.get("key") == canonical:
                 return model.eval(), meta.get("record")
-            warnings.warn(f"cached model {path} was stored for another key; retraining it", stacklevel=2)
+            warnings.warn(
+                f"cached model {path} was stored for another key; retraining it",
+                stacklevel=2,
+            )
         except ValueError as err:
-            warnings.warn(f"cached model {path} is unreadable ({err}); retraining it", stacklevel=2)
+            warnings.warn(
+                f"cached model {path} is unreadable ({err}); retraining it",
+                stacklevel=2,
+            )
         model = build()
     record = train(model)
     save_checkpoint(model, path, metadata={"key": canonical, "record": record})

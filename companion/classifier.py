@@ -1,4 +1,5 @@
-"""A classifier that reads the encoder's latent means: the downstream task attacks target.
+"""A classifier that reads the encoder's latent means:
+the downstream task attacks target.
 
 Kuzina et al. (2022) measure robustness also by the accuracy of a classifier trained on
 E_q[z | x]: an attack that moves the code moves the prediction. The classifier is linear
@@ -22,12 +23,24 @@ def latent_means(model, images: torch.Tensor, *, batch_size: int = 500) -> torch
     """E_q[z | x] of every image: (N, z_dim) on the model's device."""
     check_images(images, shape=tuple(model.image_shape))
     device = next(model.parameters()).device
-    return torch.cat([model.encode(images[i : i + batch_size].to(device)).mean for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            model.encode(images[i : i + batch_size].to(device)).mean
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def fit_latent_classifier(
-    model, *, images: torch.Tensor, labels: torch.Tensor, n_classes: int = 10,
-    steps: int = 500, lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0,
+    model,
+    *,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int = 10,
+    steps: int = 500,
+    lr: float = 0.05,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
 ) -> nn.Linear:
     """Fit a linear classifier on the latent means of ``images`` (full-batch Adam).
 
@@ -46,7 +59,9 @@ def fit_latent_classifier(
     y = labels.to(z.device)
     torch.manual_seed(seed)
     classifier = nn.Linear(z.shape[-1], n_classes).to(z.device)
-    optimiser = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    optimiser = torch.optim.Adam(
+        classifier.parameters(), lr=lr, weight_decay=weight_decay
+    )
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(steps):
         loss = loss_fn(classifier(z), y)
@@ -57,6 +72,11 @@ def fit_latent_classifier(
 
 
 @torch.no_grad()
-def latent_accuracy(model, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+def latent_accuracy(
+    model, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> float:
     """Accuracy of ``classifier`` on the latent means of ``images``."""
-    return accuracy(classifier(latent_means(model, images)), labels.to(next(model.parameters()).device)).item()
+    return accuracy(
+        classifier(latent_means(model, images)),
+        labels.to(next(model.parameters()).device),
+    ).item()

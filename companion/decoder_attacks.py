@@ -24,7 +24,12 @@ from companion.attacks import AttackConfig, AttackResult, pgd
 from companion.data import check_images
 from companion.frozen import frozen
 
-__all__ = ["LatentSensitivity", "latent_sensitivity", "decoder_gain", "reconstruction_attack"]
+__all__ = [
+    "LatentSensitivity",
+    "latent_sensitivity",
+    "decoder_gain",
+    "reconstruction_attack",
+]
 
 
 class LatentSensitivity(NamedTuple):
@@ -34,7 +39,8 @@ class LatentSensitivity(NamedTuple):
         gain: (B,) the largest singular value of ∂E[x | z]/∂z: pixels (L2) per unit of
             latent L2 change.
         direction: (B, d) the unit right singular vector that attains it.
-        gradient_evaluations: Jacobian-vector plus vector-Jacobian products used per code.
+        gradient_evaluations: Jacobian-vector plus vector-Jacobian products used per
+            code.
     """
 
     gain: torch.Tensor
@@ -62,7 +68,11 @@ def _jvp(model, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def latent_sensitivity(
-    model, z: torch.Tensor, *, iterations: int = 20, generator: torch.Generator | None = None
+    model,
+    z: torch.Tensor,
+    *,
+    iterations: int = 20,
+    generator: torch.Generator | None = None,
 ) -> LatentSensitivity:
     """Power iteration on JᵀJ, J = ∂E[x | z]/∂z, one independent iteration per code.
 
@@ -72,15 +82,17 @@ def latent_sensitivity(
     Args:
         model: anything with ``decode(z)`` returning a distribution with a ``mean``.
         z: (B, d) codes.
-        iterations: power iterations (>= 1); the estimate approaches the largest singular
-            value from below, geometrically in the ratio of the top two.
+        iterations: power iterations (>= 1); the estimate approaches the largest
+            singular value from below, geometrically in the ratio of the top two.
         generator: seeds the random starting directions.
 
     Raises:
         ValueError: z not (B, d) and finite, or ``iterations`` < 1.
     """
     if z.dim() != 2 or not torch.isfinite(z).all():
-        raise ValueError(f"codes must be a finite (B, d) tensor, got shape {tuple(z.shape)}")
+        raise ValueError(
+            f"codes must be a finite (B, d) tensor, got shape {tuple(z.shape)}"
+        )
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     z = z.detach()
@@ -91,15 +103,22 @@ def latent_sensitivity(
             jv = _jvp(model, z, v)
             zz = z.clone().requires_grad_(True)
             with torch.enable_grad():
-                (jtjv,) = torch.autograd.grad(_mean_image(model, zz), zz, grad_outputs=jv)
+                (jtjv,) = torch.autograd.grad(
+                    _mean_image(model, zz), zz, grad_outputs=jv
+                )
             v = jtjv / jtjv.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         jv = _jvp(model, z, v)
-    return LatentSensitivity(gain=jv.flatten(1).norm(dim=-1), direction=v, gradient_evaluations=2 * iterations + 1)
+    return LatentSensitivity(
+        gain=jv.flatten(1).norm(dim=-1),
+        direction=v,
+        gradient_evaluations=2 * iterations + 1,
+    )
 
 
 @torch.no_grad()
 def decoder_gain(model, *, z: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
-    """‖E[x | z + dz] − E[x | z]‖₂ / ‖dz‖₂ per code: (B,) pixels per unit of latent change.
+    """‖E[x | z + dz] − E[x | z]‖₂ / ‖dz‖₂ per code:
+    (B,) pixels per unit of latent change.
 
     Args:
         z, dz: (B, d) codes and non-zero latent steps.
@@ -109,27 +128,47 @@ def decoder_gain(model, *, z: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     size = dz.flatten(1).norm(dim=-1)
     if not bool((size > 0).all()):
         raise ValueError("every latent step dz must be non-zero")
-    change = (_mean_image(model, z + dz) - _mean_image(model, z)).flatten(1).norm(dim=-1)
+    change = (
+        (_mean_image(model, z + dz) - _mean_image(model, z)).flatten(1).norm(dim=-1)
+    )
     return change / size
 
 
 def reconstruction_attack(
-    model, x_ref: torch.Tensor, *, config: AttackConfig, generator: torch.Generator | None = None
+    model,
+    x_ref: torch.Tensor,
+    *,
+    config: AttackConfig,
+    generator: torch.Generator | None = None,
 ) -> AttackResult:
     """Maximise ‖x̂(x^r + ε) − x̂(x^r)‖² within the ball, x̂(x) = E[x | z = E_q[z | x]].
 
-    The objective (squared pixel L2, (B,)) goes through the encoder *and* the decoder, so
-    a gradient evaluation costs about one encoder and one decoder pass more than the SKL
-    attack's; :attr:`~companion.attacks.AttackConfig.gradient_evaluations` counts them.
+    The objective (squared pixel L2, (B,)) goes through the encoder *and* the decoder,
+    so a gradient evaluation costs about one encoder and one decoder pass more than the
+    SKL attack's; :attr:`~companion.attacks.AttackConfig.gradient_evaluations` counts
+    them.
 
     Raises:
         ValueError: a model without ``encode``/``decode``, or bad images.
     """
     if not hasattr(model, "encode") or not hasattr(model, "decode"):
-        raise ValueError(f"{type(model).__name__} needs encode and decode for a reconstruction attack")
+        raise ValueError(
+            f"{type(model).__name__} needs encode and decode for a reconstruction "
+            "attack"
+        )
     check_images(x_ref, shape=tuple(model.image_shape))
     with torch.no_grad():
-        target = _mean_image(model, model.encode(x_ref).mean).repeat(config.restarts, *[1] * (x_ref.dim() - 1))
+        target = _mean_image(model, model.encode(x_ref).mean).repeat(
+            config.restarts, *[1] * (x_ref.dim() - 1)
+        )
     with frozen(model):
-        return pgd(lambda x: ((_mean_image(model, model.encode(x).mean) - target) ** 2).flatten(1).sum(-1),
-                   x_ref=x_ref, config=config, generator=generator)
+        return pgd(
+            lambda x: (
+                ((_mean_image(model, model.encode(x).mean) - target) ** 2)
+                .flatten(1)
+                .sum(-1)
+            ),
+            x_ref=x_ref,
+            config=config,
+            generator=generator,
+        )

@@ -1,25 +1,25 @@
 """The HMC defence (Kuzina, Welling & Tomczak, 2022, algorithm 1).
 
 An attack fools the encoder q_φ(z | x), not the model's true posterior
-p_θ(z | x) ∝ p(z) p_θ(x | z). The defence starts every chain at z⁰ ~ q_φ(z | x) and runs T
-HMC transitions targeting ln p(z) + ln p_θ(x | z); the codes z^(T) are then decoded or
+p_θ(z | x) ∝ p(z) p_θ(x | z). The defence starts every chain at z⁰ ~ q_φ(z | x) and runs
+T HMC transitions targeting ln p(z) + ln p_θ(x | z); the codes z^(T) are then decoded or
 classified instead of the encoder's. It needs nothing from the model but ``encode`` and
 ``log_joint``, so single-layer and hierarchical VAEs are defended alike.
 
-``backend="torch"`` runs :mod:`companion.hmc.torch`; ``backend="numpyro"`` runs NumPyro's
-HMC kernel on a JAX port of the model (:mod:`companion.hmc.numpyro`, which imports JAX
-only when asked for). The backend is the only thing a caller changes: both start from
-the same codes z⁰ (drawn by PyTorch with ``generator``), run the same algorithm (unit
-mass, per-chain dual averaging to the same target during warm-up, fixed leapfrog count)
-and return the same :class:`DefenceResult`, as PyTorch tensors on the input's device.
+``backend="torch"`` runs :mod:`companion.hmc.torch`; ``backend="numpyro"`` runs
+NumPyro's HMC kernel on a JAX port of the model (:mod:`companion.hmc.numpyro`, which
+imports JAX only when asked for). The backend is the only thing a caller changes: both
+start from the same codes z⁰ (drawn by PyTorch with ``generator``), run the same
+algorithm (unit mass, per-chain dual averaging to the same target during warm-up, fixed
+leapfrog count) and return the same :class:`DefenceResult`,
+as PyTorch tensors on the input's device.
 """
 
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,7 +28,13 @@ from companion.data import check_images
 from companion.frozen import frozen
 from companion.hmc import torch as hmc_torch
 
-__all__ = ["DefenceResult", "BACKENDS", "refine_posterior", "defence_curve", "defence_curves"]
+__all__ = [
+    "DefenceResult",
+    "BACKENDS",
+    "refine_posterior",
+    "defence_curve",
+    "defence_curves",
+]
 
 BACKENDS = ("torch", "numpyro")
 
@@ -65,7 +71,8 @@ def refine_posterior(
     generator: torch.Generator | None = None,
     torch_compile: bool = False,
 ) -> DefenceResult:
-    """Run T HMC transitions on ln p(z) + ln p(x | z) from z ~ q(z | x), one chain per input.
+    """Run T HMC transitions on ln p(z) + ln p(x | z) from z ~ q(z | x),
+    one chain per input.
 
     Args:
         model: a VAE with ``encode`` and ``log_joint`` (its parameters are not changed).
@@ -75,9 +82,10 @@ def refine_posterior(
         num_warmup: extra transitions before the T that adapt each chain's step size
             (dual averaging); 0 keeps ``step_size`` for all chains.
         step_size: initial (or, without warm-up, fixed) leapfrog step size.
-        backend: one of :data:`BACKENDS`. ``numpyro`` needs ``pip install "companion[numpyro]"``;
-            its first call for a given model architecture, batch size and settings compiles
-            (seconds), later calls reuse the compiled program.
+        backend: one of :data:`BACKENDS`. ``numpyro`` needs
+            ``pip install "companion[numpyro]"``; its first call for a given model
+            architecture, batch size and settings compiles (seconds), later calls reuse
+            the compiled program.
         generator: torch generator of the start codes and of the chains (the NumPyro
             backend seeds its JAX key from it, so seeded runs repeat exactly).
         torch_compile: run the torch backend's log joint through ``torch.compile``. Its
@@ -91,35 +99,73 @@ def refine_posterior(
             would. The NumPyro backend is always jit-compiled and rejects this flag.
 
     Raises:
-        ValueError: T < 0, non-finite or out-of-range inputs, a model without an encoder,
-            an unknown backend, or ``torch_compile`` with the NumPyro backend.
+        ValueError: T < 0, non-finite or out-of-range inputs, a model without an
+            encoder, an unknown backend, or ``torch_compile`` with the NumPyro backend.
         ImportError: ``backend="numpyro"`` without JAX and NumPyro installed.
         TypeError: ``backend="numpyro"`` with a model it has no JAX port of.
     """
-    _check_request(model, x, steps=[steps], num_warmup=num_warmup, step_size=step_size, num_leapfrog=num_leapfrog,
-                   backend=backend, torch_compile=torch_compile)
+    _check_request(
+        model,
+        x,
+        steps=[steps],
+        num_warmup=num_warmup,
+        step_size=step_size,
+        num_leapfrog=num_leapfrog,
+        backend=backend,
+        torch_compile=torch_compile,
+    )
     with torch.no_grad():
         q = model.encode(x)
         z0 = _sample_start(q, generator)
-    settings = dict(num_warmup=num_warmup, num_transitions=steps, num_steps=num_leapfrog, initial_step_size=step_size)
+    info: _Diagnostics
     if backend == "torch":
         with frozen(model):
-            result = hmc_torch.run_chains(z0, logdensity_fn=_log_density(model, x, torch_compile=torch_compile),
-                                          generator=generator, **settings)
-        z, step_sizes, info = result.state.position, result.step_size, result.info
+            chains = hmc_torch.run_chains(
+                z0,
+                logdensity_fn=_log_density(model, x, torch_compile=torch_compile),
+                generator=generator,
+                num_warmup=num_warmup,
+                num_transitions=steps,
+                num_steps=num_leapfrog,
+                initial_step_size=step_size,
+            )
+        z, step_sizes, info = chains.state.position, chains.step_size, chains.info
     else:
-        from companion.hmc import numpyro as hmc_numpyro  # imports JAX: only when asked for
+        # imports JAX: only when asked for
+        from companion.hmc import numpyro as hmc_numpyro
 
-        result = hmc_numpyro.run_model_chains(model, x, z0, seed=_jax_seed(generator, z0.device), **settings)
-        as_torch = lambda a, dtype=z0.dtype: torch.from_numpy(np.array(a)).to(device=z0.device, dtype=dtype)  # noqa: E731
-        z, step_sizes = as_torch(result.position), as_torch(result.step_size)
-        info = hmc_numpyro.TransitionInfo(*(as_torch(f, dtype=None) for f in result.info))
+        jax_chains = hmc_numpyro.run_model_chains(
+            model,
+            x,
+            z0,
+            seed=_jax_seed(generator, z0.device),
+            num_warmup=num_warmup,
+            num_transitions=steps,
+            num_steps=num_leapfrog,
+            initial_step_size=step_size,
+        )
+
+        def as_torch(a: object, dtype: torch.dtype | None = z0.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.array(a)).to(device=z0.device, dtype=dtype)
+
+        z, step_sizes = as_torch(jax_chains.position), as_torch(jax_chains.step_size)
+        jax_info = jax_chains.info
+        info = _TorchDiagnostics(
+            acceptance_rate=as_torch(jax_info.acceptance_rate, dtype=None),
+            energy_error=as_torch(jax_info.energy_error, dtype=None),
+            divergent=as_torch(jax_info.divergent, dtype=None),
+        )
     return _summarise(z, z0, step_sizes, info if steps else None)
 
 
 def _log_density(model, x: torch.Tensor, *, torch_compile: bool):
-    """z (B, z_dim) -> ln p(z) + ln p(x | z), (B,): the target of the torch backend's chains."""
-    log_joint = torch.compile(model.log_joint, dynamic=False) if torch_compile else model.log_joint
+    """z (B, z_dim) -> ln p(z) + ln p(x | z), (B,):
+    the target of the torch backend's chains."""
+    log_joint = (
+        torch.compile(model.log_joint, dynamic=False)
+        if torch_compile
+        else model.log_joint
+    )
     return lambda z: log_joint(z, x)
 
 
@@ -132,13 +178,15 @@ def _jax_seed(generator: torch.Generator | None, device: torch.device) -> int:
 def _sample_start(q, generator: torch.Generator | None) -> torch.Tensor:
     """z⁰ ~ q(z | x): the encoder's sample, drawn with ``generator``.
 
-    Diagonal Gaussians are sampled here; other posteriors (the hierarchical VAE's) must take
-    a ``generator`` keyword in ``sample``, so that seeded defences repeat exactly.
+    Diagonal Gaussians are sampled here; other posteriors (the hierarchical VAE's) must
+    take a ``generator`` keyword in ``sample``, so that seeded defences repeat exactly.
     """
     if generator is None:
         return q.sample()
     if hasattr(q, "base_dist"):
-        noise = torch.randn(q.mean.shape, generator=generator, dtype=q.mean.dtype, device=q.mean.device)
+        noise = torch.randn(
+            q.mean.shape, generator=generator, dtype=q.mean.dtype, device=q.mean.device
+        )
         return q.mean + q.stddev * noise
     return q.sample(generator=generator)
 
@@ -158,58 +206,95 @@ def defence_curve(
     """The defence after each T of ``steps_grid``, read off one chain per input.
 
     A chapter that plots robustness against T needs the chains after 10, 50, 100, …
-    transitions; running one chain to the largest T and reading it at every T in the grid
-    costs max(T) transitions instead of their sum. T = 0 is the encoder alone (its sample,
-    no warm-up); every T > 0 is the same chain after ``num_warmup`` adaptation transitions
-    and T transitions with frozen step sizes, so results at different T are nested, not
-    independent. Other backends than ``torch`` run :func:`refine_posterior` once per T.
+    transitions; running one chain to the largest T and reading it at every T in the
+    grid costs max(T) transitions instead of their sum. T = 0 is the encoder alone (its
+    sample, no warm-up); every T > 0 is the same chain after ``num_warmup`` adaptation
+    transitions and T transitions with frozen step sizes, so results at different T are
+    nested, not independent. Other backends than ``torch`` run :func:`refine_posterior`
+    once per T.
 
     Args:
-        model, x, num_leapfrog, num_warmup, step_size, backend, generator, torch_compile:
-            as for :func:`refine_posterior`.
         steps_grid: the T (>= 0) to report.
+        model, x, num_leapfrog, num_warmup, step_size, backend, generator,
+            torch_compile: as for :func:`refine_posterior`.
 
     Returns:
-        ``{T: DefenceResult}`` for every T of the grid; the diagnostics at T summarise the
-        first T transitions after warm-up.
+        ``{T: DefenceResult}`` for every T of the grid; the diagnostics at T summarise
+        the first T transitions after warm-up.
     """
     grid = sorted(set(steps_grid))
-    _check_request(model, x, steps=grid, num_warmup=num_warmup, step_size=step_size, num_leapfrog=num_leapfrog,
-                   backend=backend, torch_compile=torch_compile)
+    _check_request(
+        model,
+        x,
+        steps=grid,
+        num_warmup=num_warmup,
+        step_size=step_size,
+        num_leapfrog=num_leapfrog,
+        backend=backend,
+        torch_compile=torch_compile,
+    )
     if backend != "torch":
         return {
-            t: refine_posterior(model, x, steps=t, num_leapfrog=num_leapfrog, num_warmup=num_warmup if t else 0,
-                                step_size=step_size, backend=backend, generator=generator)
+            t: refine_posterior(
+                model,
+                x,
+                steps=t,
+                num_leapfrog=num_leapfrog,
+                num_warmup=num_warmup if t else 0,
+                step_size=step_size,
+                backend=backend,
+                generator=generator,
+            )
             for t in grid
         }
     with torch.no_grad():
         z0 = _sample_start(model.encode(x), generator)
     results = {}
     if grid[0] == 0:
-        results[0] = _summarise(z0, z0, torch.full(z0.shape[:1], float("nan"), dtype=z0.dtype, device=z0.device), None)
+        results[0] = _summarise(
+            z0,
+            z0,
+            torch.full(z0.shape[:1], float("nan"), dtype=z0.dtype, device=z0.device),
+            None,
+        )
     if grid[-1] == 0:
         return results
     logdensity_fn = _log_density(model, x, torch_compile=torch_compile)
     with frozen(model):
         warm = hmc_torch.run_chains(
-            z0, logdensity_fn=logdensity_fn, num_warmup=num_warmup, num_transitions=0, num_steps=num_leapfrog,
-            initial_step_size=step_size, generator=generator,
+            z0,
+            logdensity_fn=logdensity_fn,
+            num_warmup=num_warmup,
+            num_transitions=0,
+            num_steps=num_leapfrog,
+            initial_step_size=step_size,
+            generator=generator,
         )
         state, infos = warm.state, []
         for t in range(1, grid[-1] + 1):
-            state, info = hmc_torch.step(state, logdensity_fn=logdensity_fn, step_size=warm.step_size,
-                                         num_steps=num_leapfrog, generator=generator)
+            state, info = hmc_torch.step(
+                state,
+                logdensity_fn=logdensity_fn,
+                step_size=warm.step_size,
+                num_steps=num_leapfrog,
+                generator=generator,
+            )
             infos.append(info)
             if t in grid:
-                stacked = hmc_torch.HMCInfo(*(torch.stack(f) for f in zip(*infos)))
-                results[t] = _summarise(state.position.detach(), z0, warm.step_size, stacked)
+                stacked = hmc_torch.HMCInfo(
+                    *(torch.stack(f) for f in zip(*infos, strict=True))
+                )
+                results[t] = _summarise(
+                    state.position.detach(), z0, warm.step_size, stacked
+                )
     return results
 
 
 def defence_curves(
     model, inputs: Mapping[str, torch.Tensor], *, steps_grid: Sequence[int], **settings
 ) -> dict[str, dict[int, DefenceResult]]:
-    """:func:`defence_curve` for several named sets of inputs, run as one batch of chains.
+    """:func:`defence_curve` for several named sets of inputs,
+    run as one batch of chains.
 
     One call keeps the chains of every set in one batch (cheaper per chain than one call
     per set) and hands each set its own results back, so a chapter never slices rows.
@@ -227,22 +312,65 @@ def defence_curves(
         raise ValueError("inputs must name at least one set of images")
     names = list(inputs)
     sizes = [len(inputs[name]) for name in names]
-    joint = defence_curve(model, torch.cat([inputs[name] for name in names]), steps_grid=steps_grid, **settings)
+    joint = defence_curve(
+        model,
+        torch.cat([inputs[name] for name in names]),
+        steps_grid=steps_grid,
+        **settings,
+    )
     out: dict[str, dict[int, DefenceResult]] = {name: {} for name in names}
     for t, result in joint.items():
-        for name, *parts in zip(names, *(field.split(sizes) for field in result)):
+        for name, *parts in zip(
+            names, *(field.split(sizes) for field in result), strict=True
+        ):
             out[name][t] = DefenceResult(*parts)
     return out
 
 
-def _summarise(z: torch.Tensor, z0: torch.Tensor, step_size: torch.Tensor, info) -> DefenceResult:
-    """A :class:`DefenceResult` from per-transition diagnostics with fields (T, C) (None for T = 0)."""
+class _Diagnostics(Protocol):
+    """Per-transition diagnostics of C chains, each field (T, C): what
+    :func:`_summarise` reads of :class:`~companion.hmc.torch.HMCInfo` and of
+    :class:`_TorchDiagnostics`."""
+
+    @property
+    def acceptance_rate(self) -> torch.Tensor: ...
+    @property
+    def energy_error(self) -> torch.Tensor: ...
+    @property
+    def divergent(self) -> torch.Tensor: ...
+
+
+class _TorchDiagnostics(NamedTuple):
+    """The NumPyro backend's :class:`~companion.hmc.numpyro.TransitionInfo` fields
+    that :func:`_summarise` reads, as PyTorch tensors (T, C)."""
+
+    acceptance_rate: torch.Tensor
+    energy_error: torch.Tensor
+    divergent: torch.Tensor
+
+
+def _summarise(
+    z: torch.Tensor,
+    z0: torch.Tensor,
+    step_size: torch.Tensor,
+    info: _Diagnostics | None,
+) -> DefenceResult:
+    """A :class:`DefenceResult` from per-transition diagnostics with fields (T, C)
+    (None for T = 0)."""
     if info is None:
         nan = torch.full(z0.shape[:1], float("nan"), dtype=z0.dtype, device=z0.device)
-        return DefenceResult(z=z, z_start=z0, step_size=step_size, acceptance_rate=nan, energy_error=nan,
-                             divergences=torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device))
+        return DefenceResult(
+            z=z,
+            z_start=z0,
+            step_size=step_size,
+            acceptance_rate=nan,
+            energy_error=nan,
+            divergences=torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device),
+        )
     return DefenceResult(
-        z=z, z_start=z0, step_size=step_size,
+        z=z,
+        z_start=z0,
+        step_size=step_size,
         acceptance_rate=info.acceptance_rate.to(z0.dtype).mean(0),
         energy_error=info.energy_error.abs().to(z0.dtype).mean(0),
         divergences=info.divergent.sum(0),
@@ -250,24 +378,43 @@ def _summarise(z: torch.Tensor, z0: torch.Tensor, step_size: torch.Tensor, info)
 
 
 def _check_request(
-    model, x: torch.Tensor, *, steps: Sequence[int], num_warmup: int, step_size: float, num_leapfrog: int,
-    backend: str, torch_compile: bool,
+    model,
+    x: torch.Tensor,
+    *,
+    steps: Sequence[int],
+    num_warmup: int,
+    step_size: float,
+    num_leapfrog: int,
+    backend: str,
+    torch_compile: bool,
 ) -> None:
     """Clear errors for every bad input a defence call can get."""
     if not steps or min(steps) < 0 or num_warmup < 0:
-        raise ValueError(f"steps (T) and num_warmup must be >= 0, got {list(steps)} and {num_warmup}")
-    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive, finite number of latent units, got {step_size!r} "
-                         "(a chain with step 0 never moves; the book starts at 0.05)")
+        raise ValueError(
+            f"steps (T) and num_warmup must be >= 0, got {list(steps)} and {num_warmup}"
+        )
+    if not (
+        isinstance(step_size, (int, float))
+        and math.isfinite(step_size)
+        and step_size > 0
+    ):
+        raise ValueError(
+            "step_size must be a positive, finite number of latent units, got "
+            f"{step_size!r} (a chain with step 0 never moves; the book starts at 0.05)"
+        )
     if num_leapfrog < 1:
         raise ValueError(f"num_leapfrog must be >= 1, got {num_leapfrog}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if torch_compile and backend != "torch":
-        raise ValueError(f"torch_compile applies to backend='torch' only; backend={backend!r} is always "
-                         "jit-compiled by JAX: drop torch_compile=True")
+        raise ValueError(
+            f"torch_compile applies to backend='torch' only; backend={backend!r} is "
+            "always jit-compiled by JAX: drop torch_compile=True"
+        )
     if not hasattr(model, "encode") or not hasattr(model, "log_joint"):
-        raise ValueError(f"{type(model).__name__} needs encode and log_joint to be defended by HMC")
+        raise ValueError(
+            f"{type(model).__name__} needs encode and log_joint to be defended by HMC"
+        )
     if not torch.isfinite(x).all():
         raise ValueError("inputs must be finite; got NaN or infinite pixels")
     check_images(x, shape=tuple(model.image_shape))

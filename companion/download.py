@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from tqdm.auto import tqdm
 
@@ -27,7 +27,8 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 class _MirrorFailed(Exception):
-    """One mirror could not deliver the file (network trouble, HTTP error, cut-off transfer)."""
+    """One mirror could not deliver the file (network trouble, HTTP error,
+    cut-off transfer)."""
 
 
 def sha256_file(path: Path, *, chunk_bytes: int = _CHUNK_BYTES) -> str:
@@ -51,14 +52,15 @@ def fetch_verified(
     timeout_s: float = 30.0,
     progress: bool = True,
 ) -> Path:
-    """Make sure ``destination`` holds the file with SHA-256 ``sha256``, downloading it if needed.
+    """Make sure ``destination`` holds the file with SHA-256 ``sha256``,
+    downloading it if needed.
 
     If ``destination`` already exists with the right checksum it is returned without
     touching the network; if it exists with the wrong checksum it is deleted and
     downloaded again. The mirrors in ``urls`` are tried in order. Each download streams
-    into a hidden ``.part`` file next to ``destination`` while being hashed, and is moved
-    into place with an atomic :func:`os.replace` only once the hash matches, so neither
-    a partial nor a corrupt file is ever left behind.
+    into a hidden ``.part`` file next to ``destination`` while being hashed, and is
+    moved into place with an atomic :func:`os.replace` only once the hash matches, so
+    neither a partial nor a corrupt file is ever left behind.
 
     :param urls: full URLs of the same file, tried in order until one answers.
     :param destination: where the verified file ends up; its parent is created.
@@ -88,8 +90,13 @@ def fetch_verified(
     last_error: BaseException | None = None
     for url in urls:
         try:
-            _download_to(url=url, destination=destination, expected=expected,
-                         timeout_s=timeout_s, progress=progress)
+            _download_to(
+                url=url,
+                destination=destination,
+                expected=expected,
+                timeout_s=timeout_s,
+                progress=progress,
+            )
         except _MirrorFailed as exc:
             failures.append(f"  {url}: {exc}")
             last_error = exc.__cause__ or exc
@@ -100,30 +107,40 @@ def fetch_verified(
     raise ConnectionError(
         f"could not download {destination.name}; every mirror failed:\n{tried}\n"
         "Offline? Use the embedded real MNIST digits `mnist_5k` (e.g. set "
-        "COMPANION_PROFILE=quick, or call load_images(name=\"mnist_5k\", ...)), "
+        'COMPANION_PROFILE=quick, or call load_images(name="mnist_5k", ...)), '
         f"or place the file by hand at {destination} (its sha256 must be {expected})."
     ) from last_error
 
 
-def _download_to(*, url: str, destination: Path, expected: str, timeout_s: float,
-                 progress: bool) -> None:
-    """Stream ``url`` into a temporary file beside ``destination``, verify it, move it in place.
+def _download_to(
+    *, url: str, destination: Path, expected: str, timeout_s: float, progress: bool
+) -> None:
+    """Stream ``url`` into a temporary file beside ``destination``, verify it,
+    move it in place.
 
     :raises _MirrorFailed: on any network-side failure (the temporary file is removed).
     :raises ValueError: on a checksum mismatch (the temporary file is removed).
     """
     part = tempfile.NamedTemporaryFile(
-        delete=False, dir=destination.parent, prefix="." + destination.name, suffix=".part"
+        delete=False,
+        dir=destination.parent,
+        prefix="." + destination.name,
+        suffix=".part",
     )
     part_path = Path(part.name)
     try:
         with part:
-            actual = _stream(url=url, sink=part, desc=destination.name,
-                             timeout_s=timeout_s, progress=progress)
+            actual = _stream(
+                url=url,
+                sink=part,
+                desc=destination.name,
+                timeout_s=timeout_s,
+                progress=progress,
+            )
         if actual != expected:
             raise ValueError(
-                f"corrupt download from {url}: expected sha256 {expected}, got {actual}; "
-                "the downloaded file was removed"
+                f"corrupt download from {url}: expected sha256 {expected}, got "
+                f"{actual}; the downloaded file was removed"
             )
         os.chmod(part_path, 0o644)  # NamedTemporaryFile creates 0o600
         os.replace(part_path, destination)
@@ -131,7 +148,9 @@ def _download_to(*, url: str, destination: Path, expected: str, timeout_s: float
         part_path.unlink(missing_ok=True)
 
 
-def _stream(*, url: str, sink: BinaryIO, desc: str, timeout_s: float, progress: bool) -> str:
+def _stream(
+    *, url: str, sink: IO[bytes], desc: str, timeout_s: float, progress: bool
+) -> str:
     """Copy the body of ``url`` into ``sink`` and return its SHA-256 hex digest.
 
     Only failures on the network side become :class:`_MirrorFailed`; a failing write to
@@ -149,9 +168,18 @@ def _stream(*, url: str, sink: BinaryIO, desc: str, timeout_s: float, progress: 
     received = 0
     with response:
         length_header = response.headers.get("Content-Length")
-        total = int(length_header) if length_header and length_header.isdigit() else None
-        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                  leave=False, disable=not progress) as bar:
+        total = (
+            int(length_header) if length_header and length_header.isdigit() else None
+        )
+        with tqdm(
+            total=total,
+            desc=desc,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            leave=False,
+            disable=not progress,
+        ) as bar:
             while True:
                 try:
                     chunk = response.read(_CHUNK_BYTES)

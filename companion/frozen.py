@@ -33,5 +33,5 @@ def frozen(*modules: nn.Module, keep: Iterable[nn.Parameter] = ()) -> Iterator[N
     try:
         yield
     finally:
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)

@@ -1,12 +1,14 @@
-"""Letters rendered from the fonts matplotlib ships: an offline out-of-distribution data set.
+"""Letters rendered from the fonts matplotlib ships:
+an offline out-of-distribution data set.
 
 The diffusion chapters need images *unlike* the training digits, available offline and
 identical on every machine. We draw the 52 Latin letters (A–Z, a–z) with 16 typefaces
 that every matplotlib installation carries (DejaVu Sans, Sans Mono and Serif, STIX
-General; regular, bold, italic / oblique, bold italic) at two ink sizes, as bright strokes
-on black like the digits. FreeType renders each glyph at 64 px; we crop it to its ink,
-centre it in a square with a margin, and shrink it (antialiased) to the requested side.
-The 1 664 images are split 75 / 8 / 17 % by a fixed shuffle, like the digits.
+General; regular, bold, italic / oblique, bold italic) at two ink sizes, as bright
+strokes on black like the digits. FreeType renders each glyph at 64 px; we crop it to
+its ink, centre it in a square with a margin, and shrink it (antialiased) to the
+requested side. The 1 664 images are split 75 / 8 / 17 % by a fixed shuffle,
+like the digits.
 
 Labels are letter indices 0..51 (A..Z, a..z).
 """
@@ -70,7 +72,8 @@ def _square(ink: np.ndarray, fraction: float) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def render_glyphs(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All glyph images at ``image_size``: (1 664, 1, S, S) float32 in [0, 1] and labels (1 664,).
+    """All glyph images at ``image_size``: (1 664, 1, S, S) float32 in [0, 1] and
+    labels (1 664,).
 
     Deterministic: the same fonts, sizes and resampling on every machine. Each image is
     scaled so its brightest pixel is 1 (the digits' range).
@@ -83,11 +86,18 @@ def render_glyphs(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
             ink = _render(font_file, letter)
             for fraction in _INK_FRACTIONS:
                 square = torch.from_numpy(_square(ink, fraction))[None, None]
-                small = F.interpolate(square, size=(image_size, image_size), mode="bilinear",
-                                      align_corners=False, antialias=True)[0]
+                small = F.interpolate(
+                    square,
+                    size=(image_size, image_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
                 images.append(small / small.max().clamp(min=1e-6))
                 labels.append(label)
-    return torch.stack(images).clamp_(0, 1).contiguous(), torch.tensor(labels, dtype=torch.int64)
+    return torch.stack(images).clamp_(0, 1).contiguous(), torch.tensor(
+        labels, dtype=torch.int64
+    )
 
 
 def glyph_split(split: str, *, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +105,10 @@ def glyph_split(split: str, *, image_size: int) -> tuple[torch.Tensor, torch.Ten
     images, labels = render_glyphs(image_size)
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(labels))
     n_test, n_valid = int(round(_TEST * len(labels))), int(round(_VALID * len(labels)))
-    chosen = {"test": order[:n_test], "valid": order[n_test : n_test + n_valid], "train": order[n_test + n_valid :]}
+    chosen = {
+        "test": order[:n_test],
+        "valid": order[n_test : n_test + n_valid],
+        "train": order[n_test + n_valid :],
+    }
     idx = torch.from_numpy(np.sort(chosen[split]))
     return images[idx].clone(), labels[idx].clone()

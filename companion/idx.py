@@ -60,7 +60,8 @@ def parse_idx(data: bytes | bytearray | memoryview) -> np.ndarray:
 
     if len(raw) < _HEADER_BYTES:
         raise ValueError(
-            f"IDX data too short: need a {_HEADER_BYTES}-byte header, got {len(raw)} bytes"
+            f"IDX data too short: need a {_HEADER_BYTES}-byte header, got {len(raw)} "
+            "bytes"
         )
     if raw[0] != 0 or raw[1] != 0:
         raise ValueError(
@@ -69,7 +70,9 @@ def parse_idx(data: bytes | bytearray | memoryview) -> np.ndarray:
     code, ndim = raw[2], raw[3]
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
-        raise ValueError(f"unknown IDX element type 0x{code:02X}; expected one of {known}")
+        raise ValueError(
+            f"unknown IDX element type 0x{code:02X}; expected one of {known}"
+        )
     dtype = IDX_DTYPES[code]
 
     data_start = _HEADER_BYTES + _DIM_BYTES * ndim
@@ -87,8 +90,12 @@ def parse_idx(data: bytes | bytearray | memoryview) -> np.ndarray:
     got = len(raw) - data_start
     if got != expected:
         raise ValueError(
-            f"expected {expected} bytes of data for shape {shape} ({dtype.name}), got {got}"
+            f"expected {expected} bytes of data for shape {shape} ({dtype.name}), got "
+            f"{got}"
         )
-    stored = np.frombuffer(raw, dtype=dtype, count=count, offset=data_start).reshape(shape)
-    # astype always copies here: the result owns its memory, is writable and native-endian.
+    stored = np.frombuffer(raw, dtype=dtype, count=count, offset=data_start).reshape(
+        shape
+    )
+    # astype always copies here: the result owns its memory,
+    # is writable and native-endian.
     return stored.astype(dtype.newbyteorder("="), copy=True)

@@ -7,7 +7,8 @@ images and uint8 class labels 0-9, 60,000 for training and 10,000 for testing.
 :mod:`companion.download`) into a cache directory and decodes them with
 :func:`companion.idx.parse_idx`.
 
-Offline readers use the embedded ``digits`` dataset instead; nothing here runs at import.
+Offline readers use the embedded ``digits`` dataset instead;
+nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -61,38 +62,56 @@ BASE_URLS: dict[str, tuple[str, ...]] = {
 }
 
 #: dataset name -> file name -> SHA-256 of the .gz file as distributed.
-#: Source for all eight: tensorflow/datasets, tensorflow_datasets/url_checksums/mnist.txt
-#: and .../fashion_mnist.txt (lines "url  size  sha256"). Each value also appears in
-#: independent checksum tables: the MNIST four in a Ruby TorchVision port's MNIST class
-#: (same two mirrors as here) and a Nix derivation for tensorflow/haskell's MNIST data;
-#: the Fashion-MNIST four in a Julia FashionMNIST loader (S3 mirror) and in projects
-#: that fetched the files from Zalando's GitHub copy and recorded their SHA-256.
+#: Source for all eight: tensorflow/datasets,
+#: tensorflow_datasets/url_checksums/mnist.txt and .../fashion_mnist.txt (lines
+#: "url  size  sha256"). Each value also appears in independent checksum tables: the
+#: MNIST four in a Ruby TorchVision port's MNIST class (same two mirrors as here) and a
+#: Nix derivation for tensorflow/haskell's MNIST data; the Fashion-MNIST four in a
+#: Julia FashionMNIST loader (S3 mirror) and in projects that fetched the files from
+#: Zalando's GitHub copy and recorded their SHA-256.
 SHA256: dict[str, dict[str, str]] = {
     "mnist": {
         # 9,912,422 bytes
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-images-idx3-ubyte.gz": (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+        ),
         # 28,881 bytes
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "train-labels-idx1-ubyte.gz": (
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+        ),
         # 1,648,877 bytes
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-images-idx3-ubyte.gz": (
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+        ),
         # 4,542 bytes
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        "t10k-labels-idx1-ubyte.gz": (
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+        ),
     },
     "fashion_mnist": {
         # 26,421,880 bytes
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-images-idx3-ubyte.gz": (
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"
+        ),
         # 29,515 bytes
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "train-labels-idx1-ubyte.gz": (
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"
+        ),
         # 4,422,102 bytes
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-images-idx3-ubyte.gz": (
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"
+        ),
         # 5,148 bytes
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        "t10k-labels-idx1-ubyte.gz": (
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+        ),
     },
 }
 
 
 def default_data_dir() -> Path:
-    """Where downloaded datasets are cached: ``$COMPANION_DATA_DIR``, else ``~/.cache/companion``.
+    """Where downloaded datasets are cached: ``$COMPANION_DATA_DIR``,
+    else ``~/.cache/companion``.
 
     Pure: reads the environment and creates nothing.
     """
@@ -110,7 +129,8 @@ def load_mnist_like(
     base_urls: Mapping[str, Sequence[str]] | None = None,
     progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load one split of MNIST or Fashion-MNIST, downloading and verifying it on first use.
+    """Load one split of MNIST or Fashion-MNIST,
+    downloading and verifying it on first use.
 
     :param name: ``"mnist"`` or ``"fashion_mnist"``.
     :param split: ``"train"`` (60,000 examples) or ``"test"`` (10,000).
@@ -118,8 +138,8 @@ def load_mnist_like(
         :func:`default_data_dir`. Created with its parents if missing.
     :param base_urls: dataset name -> mirror base URLs, replacing :data:`BASE_URLS`
         (tests point this at a loopback server).
-    :param progress: show download progress bars; ``None`` follows ``$COMPANION_PROGRESS``
-        (see :func:`companion.progress.progress_enabled`).
+    :param progress: show download progress bars; ``None`` follows
+        ``$COMPANION_PROGRESS`` (see :func:`companion.progress.progress_enabled`).
     :returns: ``images``: ``(N, 28, 28)`` uint8 in [0, 255]; ``labels``: ``(N,)`` int64
         in [0, 9].
     :raises ValueError: for an unknown ``name`` or ``split``, files whose content is
@@ -127,7 +147,9 @@ def load_mnist_like(
     :raises ConnectionError: if a file is missing and no mirror can deliver it.
     """
     if name not in NAMES:
-        raise ValueError(f"unknown dataset name {name!r}; valid choices: {', '.join(NAMES)}")
+        raise ValueError(
+            f"unknown dataset name {name!r}; valid choices: {', '.join(NAMES)}"
+        )
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     mirrors = BASE_URLS if base_urls is None else base_urls
@@ -149,14 +171,19 @@ def load_mnist_like(
     images, labels = arrays
 
     expected_image_shape = (IMAGE_SIZE, IMAGE_SIZE)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != expected_image_shape:
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 3
+        or images.shape[1:] != expected_image_shape
+    ):
         raise ValueError(
             f"{name} {split} images: expected uint8 of shape (N, 28, 28), "
             f"got {images.dtype} {images.shape}"
         )
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise ValueError(
-            f"{name} {split} labels: expected uint8 of shape (N,), got {labels.dtype} {labels.shape}"
+            f"{name} {split} labels: expected uint8 of shape (N,), got {labels.dtype} "
+            f"{labels.shape}"
         )
     if len(images) != len(labels):
         raise ValueError(
@@ -165,6 +192,7 @@ def load_mnist_like(
         )
     if labels.size and labels.max() >= NUM_CLASSES:
         raise ValueError(
-            f"{name} {split} labels: expected classes 0-{NUM_CLASSES - 1}, found {labels.max()}"
+            f"{name} {split} labels: expected classes 0-{NUM_CLASSES - 1}, found "
+            f"{labels.max()}"
         )
     return images, labels.astype(np.int64)

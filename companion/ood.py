@@ -1,10 +1,12 @@
-"""Out-of-distribution detection with a VAE: scores from the encoder and from HMC chains.
+"""Out-of-distribution detection with a VAE:
+scores from the encoder and from HMC chains.
 
 A generative model offers likelihood-like scores for free, and Nalisnick et al. (2019)
 showed they can rank some out-of-distribution data *above* the training data. Here we
 compare, on in- and out-of-distribution images:
 
-* encoder scores: the ELBO and the IWAE bound with k samples (:mod:`companion.objectives`);
+* encoder scores: the ELBO and the IWAE bound with k samples
+  (:mod:`companion.objectives`);
 * HMC scores: chains started at z⁰ ~ q(z | x) run T transitions on ln p(x, z) (the
   defence of :mod:`companion.defence`); the log joint at z^(T), how far the chain moved
   from its start, and how much less plausible the encoder finds the end than the start,
@@ -35,18 +37,24 @@ __all__ = ["invert", "rotate", "OODScores", "ood_scores", "auroc"]
 
 
 def invert(images: torch.Tensor) -> torch.Tensor:
-    """Pixel-inverted images 1 − x: same strokes, white background. (N, C, H, W) in [0, 1]."""
+    """Pixel-inverted images 1 − x: same strokes, white background.
+    (N, C, H, W) in [0, 1]."""
     check_images(images)
     return 1.0 - images
 
 
 def rotate(images: torch.Tensor, *, quarter_turns: int = 1) -> torch.Tensor:
-    """Images rotated by 90° × ``quarter_turns`` (counter-clockwise): (N, C, H, W), square."""
+    """Images rotated by 90° × ``quarter_turns`` (counter-clockwise): (N, C, H, W),
+    square."""
     check_images(images)
     if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"rotate needs square (N, C, H, W) images, got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"rotate needs square (N, C, H, W) images, got shape {tuple(images.shape)}"
+        )
     if quarter_turns % 4 == 0:
-        raise ValueError(f"quarter_turns={quarter_turns} leaves the images unchanged; use 1, 2 or 3")
+        raise ValueError(
+            f"quarter_turns={quarter_turns} leaves the images unchanged; use 1, 2 or 3"
+        )
     return torch.rot90(images, k=quarter_turns, dims=(-2, -1)).contiguous()
 
 
@@ -57,7 +65,8 @@ class OODScores(NamedTuple):
         neg_elbo: −ELBO (nats), from ``elbo_samples`` reparameterised samples.
         neg_iwae: −IWAE bound with k samples (nats).
         neg_log_joint: −ln p(x, z^(T)) at the end of the HMC chain (nats).
-        chain_distance: ‖z^(T) − z⁰‖₂, how far the chain moved from the encoder's sample.
+        chain_distance: ‖z^(T) − z⁰‖₂, how far the chain moved from the encoder's
+            sample.
         encoder_surprise: ln q(z⁰ | x) − ln q(z^(T) | x) (nats): how much less plausible
             the encoder finds the chain's end than its start.
     """
@@ -101,12 +110,22 @@ def ood_scores(
     """
     check_images(images, shape=tuple(model.image_shape))
     if k < 1 or hmc_steps < 1 or elbo_samples < 1:
-        raise ValueError(f"k, hmc_steps and elbo_samples must be >= 1, got {k}, {hmc_steps}, {elbo_samples}")
+        raise ValueError(
+            f"k, hmc_steps and elbo_samples must be >= 1, got {k}, {hmc_steps}, "
+            f"{elbo_samples}"
+        )
     with torch.no_grad():
         neg_elbo = -elbo(model=model, x=images, n_samples=elbo_samples).elbo
         neg_iwae = -iwae_bound(model=model, x=images, k=k)
-    chains = refine_posterior(model, images, steps=hmc_steps, num_leapfrog=num_leapfrog, num_warmup=num_warmup,
-                              step_size=step_size, generator=generator)
+    chains = refine_posterior(
+        model,
+        images,
+        steps=hmc_steps,
+        num_leapfrog=num_leapfrog,
+        num_warmup=num_warmup,
+        step_size=step_size,
+        generator=generator,
+    )
     with torch.no_grad():
         q = model.encode(images)
         return OODScores(
@@ -119,7 +138,8 @@ def ood_scores(
 
 
 def auroc(inlier: torch.Tensor, outlier: torch.Tensor) -> torch.Tensor:
-    """P(score of a random outlier > score of a random inlier), ties counting half: a scalar.
+    """P(score of a random outlier > score of a random inlier), ties counting half:
+    a scalar.
 
     Args:
         inlier: (N,) outlier scores of in-distribution data; outlier: (M,) of OOD data.
@@ -129,7 +149,10 @@ def auroc(inlier: torch.Tensor, outlier: torch.Tensor) -> torch.Tensor:
     """
     for name, s in (("inlier", inlier), ("outlier", outlier)):
         if s.dim() != 1 or s.numel() == 0 or not torch.isfinite(s).all():
-            raise ValueError(f"{name} scores must be a non-empty finite 1-D tensor, got shape {tuple(s.shape)}")
+            raise ValueError(
+                f"{name} scores must be a non-empty finite 1-D tensor, got shape "
+                f"{tuple(s.shape)}"
+            )
     scores = torch.cat([inlier, outlier]).double().cpu()
     # binary_auroc squashes scores outside [0, 1] with a sigmoid, which would tie large
     # scores; dense ranks scaled into [0, 1] keep the order and the ties exactly.

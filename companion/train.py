@@ -13,18 +13,25 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from companion.data import binarize, check_images
-from companion.objectives import elbo
+from companion.objectives import LatentVariableModel, elbo
 from companion.progress import progress_bar
 
-__all__ = ["TrainConfig", "History", "train_vae", "evaluate_elbo", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "TrainConfig",
+    "History",
+    "train_vae",
+    "evaluate_elbo",
+    "save_checkpoint",
+    "load_checkpoint",
+]
 
 
 @dataclass(frozen=True)
@@ -39,13 +46,14 @@ class TrainConfig:
             best weights are restored at the end).
         beta: KL weight of the objective (1 is the ELBO).
         kl_warmup_epochs: raise the KL weight linearly from 0 to ``beta`` over this many
-            epochs (Bowman et al., 2016; Sønderby et al., 2016), so that the decoder learns
-            to use the latents before the KL term pushes them to the prior. 0: off.
+            epochs (Bowman et al., 2016; Sønderby et al., 2016), so that the decoder
+            learns to use the latents before the KL term pushes them to the prior.
+            0: off.
         free_bits: nats per latent group below which the (batch-averaged) KL of that
             group is not penalised (Kingma et al., 2016): a group cannot profit from
             collapsing to the prior. 0: off.
-        skip_grad_norm: skip updates whose gradient norm exceeds this (Child, 2021): rare
-            spikes of deep VAEs otherwise derail training. None: off.
+        skip_grad_norm: skip updates whose gradient norm exceeds this (Child, 2021):
+            rare spikes of deep VAEs otherwise derail training. None: off.
         binarize: train on fresh Bernoulli draws of the pixels each step (dynamic
             binarisation) and validate on one fixed draw.
         seed: seed of the data order, the binarisation and the reparameterisation noise.
@@ -65,13 +73,28 @@ class TrainConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or not self.lr > 0:
-            raise ValueError(f"invalid TrainConfig {self}: epochs, batch_size, patience >= 1 and lr > 0")
-        if self.kl_warmup_epochs >= self.epochs:
-            raise ValueError(f"invalid TrainConfig {self}: kl_warmup_epochs must be below epochs")
-        if self.kl_warmup_epochs < 0 or self.free_bits < 0 or (self.skip_grad_norm is not None and self.skip_grad_norm <= 0):
+        if (
+            self.epochs < 1
+            or self.batch_size < 1
+            or self.patience < 1
+            or not self.lr > 0
+        ):
             raise ValueError(
-                f"invalid TrainConfig {self}: kl_warmup_epochs and free_bits must be >= 0, skip_grad_norm > 0 or None"
+                f"invalid TrainConfig {self}: epochs, batch_size, patience >= 1 and "
+                "lr > 0"
+            )
+        if self.kl_warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"invalid TrainConfig {self}: kl_warmup_epochs must be below epochs"
+            )
+        if (
+            self.kl_warmup_epochs < 0
+            or self.free_bits < 0
+            or (self.skip_grad_norm is not None and self.skip_grad_norm <= 0)
+        ):
+            raise ValueError(
+                f"invalid TrainConfig {self}: kl_warmup_epochs and free_bits must "
+                "be >= 0, skip_grad_norm > 0 or None"
             )
 
 
@@ -83,7 +106,8 @@ class History:
     Attributes:
         train_loss: per epoch, averaged over the epoch's batches.
         valid_loss: per epoch, on the (fixed) validation images.
-        kl_groups: per epoch, the training batches' mean KL of every latent group (nats).
+        kl_groups: per epoch, the training batches' mean KL of every latent group
+            (nats).
         skipped_steps: updates skipped for a gradient norm above ``skip_grad_norm``.
         best_epoch: index of the epoch whose weights were kept.
         seconds: wall-clock training time.
@@ -101,15 +125,28 @@ class History:
         return len(self.valid_loss) > 0 and self.best_epoch < len(self.valid_loss) - 1
 
 
+def _latent_model(model: nn.Module) -> LatentVariableModel:
+    """``model`` as what :func:`~companion.objectives.elbo` reads: nn.Module's
+    ``__getattr__`` hides a VAE's ``encode`` / ``decode`` / ``kl_groups`` from mypy."""
+    return cast(LatentVariableModel, model)
+
+
 @torch.no_grad()
-def evaluate_elbo(*, model: nn.Module, images: torch.Tensor, beta: float = 1.0, batch_size: int = 500) -> torch.Tensor:
-    """Per-image ELBO (one reparameterised sample) over a data set: (N,) nats on the CPU."""
+def evaluate_elbo(
+    *, model: nn.Module, images: torch.Tensor, beta: float = 1.0, batch_size: int = 500
+) -> torch.Tensor:
+    """Per-image ELBO (one reparameterised sample) over a data set:
+    (N,) nats on the CPU."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         out = [
-            elbo(model=model, x=images[i : i + batch_size].to(device), beta=beta).elbo.cpu()
+            elbo(
+                model=_latent_model(model),
+                x=images[i : i + batch_size].to(device),
+                beta=beta,
+            ).elbo.cpu()
             for i in range(0, len(images), batch_size)
         ]
     finally:
@@ -124,15 +161,16 @@ def train_vae(
     valid_images: torch.Tensor,
     config: TrainConfig,
 ) -> History:
-    """Fit a VAE by maximising the (β-)ELBO with Adam, with early stopping on validation.
+    """Fit a VAE by maximising the (β-)ELBO with Adam,
+    with early stopping on validation.
 
     The loss of a batch is −mean ln p(x|z) + β_t Σ_l max(mean KL_l, free_bits), with β_t
     the warmed-up KL weight; validation uses the plain (β-)ELBO. Early stopping only
     counts epochs after the warm-up.
 
     Args:
-        model: a single-layer or hierarchical VAE (``encode``, ``decode``, ``kl_groups``),
-            on the device training should run on.
+        model: a single-layer or hierarchical VAE (``encode``, ``decode``,
+            ``kl_groups``), on the device training should run on.
         train_images: (N, 1, H, W) in [0, 1], on any device.
         valid_images: (M, 1, H, W) in [0, 1].
         config: :class:`TrainConfig`.
@@ -146,7 +184,9 @@ def train_vae(
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # reparameterisation noise uses the global generator
-    valid = (binarize(valid_images, generator=gen) if config.binarize else valid_images).to(device)
+    valid = (
+        binarize(valid_images, generator=gen) if config.binarize else valid_images
+    ).to(device)
     train_images = train_images.to(device)
 
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -161,25 +201,38 @@ def train_vae(
         model.train()
         order = torch.randperm(len(train_images), generator=gen).to(device)
         total = torch.zeros((), device=device)
-        kl_total = None
+        kl_total: torch.Tensor | None = None
         n_batches = 0
         for i in range(0, len(order), config.batch_size):
             x = train_images[order[i : i + config.batch_size]]
             if config.binarize:
                 x = torch.bernoulli(x)
-            terms = elbo(model=model, x=x)
-            kl = torch.stack(terms.kl_groups).mean(1)  # (L,) batch-averaged KL per group
-            kl_penalty = kl.clamp(min=config.free_bits).sum() if config.free_bits > 0 else kl.sum()
-            weight = config.beta * min(1.0, (step + 1) / warmup_steps) if warmup_steps else config.beta
+            terms = elbo(model=_latent_model(model), x=x)
+            # (L,) batch-averaged KL per group
+            kl = torch.stack(terms.kl_groups).mean(1)
+            kl_penalty = (
+                kl.clamp(min=config.free_bits).sum()
+                if config.free_bits > 0
+                else kl.sum()
+            )
+            weight = (
+                config.beta * min(1.0, (step + 1) / warmup_steps)
+                if warmup_steps
+                else config.beta
+            )
             loss = -terms.log_likelihood.mean() + weight * kl_penalty
-            if not torch.isfinite(loss):  # one sync per step: cheap next to the step itself
+            # one sync per step: cheap next to the step itself
+            if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate"
+                    f"training loss became {loss.item()} at epoch {epoch}; lower the "
+                    "learning rate"
                 )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if config.skip_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=math.inf)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), max_norm=math.inf
+                )
                 if not norm <= config.skip_grad_norm:  # also skips a non-finite norm
                     history.skipped_steps += 1
                     step += 1
@@ -189,35 +242,51 @@ def train_vae(
             total += (-terms.log_likelihood.mean() + config.beta * kl.sum()).detach()
             kl_total = kl.detach() if kl_total is None else kl_total + kl.detach()
             n_batches += 1
-        if n_batches == 0:
+        if kl_total is None:  # n_batches == 0
             raise FloatingPointError(
-                f"every update of epoch {epoch} was skipped (gradient norm above {config.skip_grad_norm}); "
-                "raise skip_grad_norm or lower the learning rate"
+                f"every update of epoch {epoch} was skipped (gradient norm above "
+                f"{config.skip_grad_norm}); raise skip_grad_norm or lower the "
+                "learning rate"
             )
         history.train_loss.append(float(total) / n_batches)
         history.kl_groups.append((kl_total / n_batches).tolist())
-        history.valid_loss.append(float(-evaluate_elbo(model=model, images=valid, beta=config.beta).mean()))
-        bar.set_postfix(train=f"{history.train_loss[-1]:.2f}", valid=f"{history.valid_loss[-1]:.2f}")
+        history.valid_loss.append(
+            float(-evaluate_elbo(model=model, images=valid, beta=config.beta).mean())
+        )
+        bar.set_postfix(
+            train=f"{history.train_loss[-1]:.2f}", valid=f"{history.valid_loss[-1]:.2f}"
+        )
         if not math.isfinite(history.valid_loss[-1]):
             raise FloatingPointError(
-                f"validation loss became {history.valid_loss[-1]} at epoch {epoch}; lower the learning rate"
+                f"validation loss became {history.valid_loss[-1]} at epoch {epoch}; "
+                "lower the learning rate"
             )
         if epoch < config.kl_warmup_epochs:
-            continue  # the objective is still changing: neither keep nor count these epochs
+            # the objective is still changing: neither keep nor count these epochs
+            continue
         if history.valid_loss[-1] < best_loss:
-            best_loss, best_state, waited = history.valid_loss[-1], copy.deepcopy(model.state_dict()), 0
+            best_loss, best_state, waited = (
+                history.valid_loss[-1],
+                copy.deepcopy(model.state_dict()),
+                0,
+            )
             history.best_epoch = epoch
         else:
             waited += 1
             if waited >= config.patience:
                 break
+    # kl_warmup_epochs < epochs, and an epoch with a non-finite loss raises: at least
+    # one epoch after the warm-up was kept
+    assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
     history.seconds = time.perf_counter() - start
     return history
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: str | Path, *, metadata: dict | None = None
+) -> Path:
     """Write ``model.state_dict()`` to a safetensors file, atomically.
 
     Args:
@@ -228,13 +297,17 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {
+        k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+    }
     header = {"companion": json.dumps(metadata or {})}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give it ordinary modes
+        os.chmod(
+            tmp, 0o666 & ~_umask()
+        )  # mkstemp makes owner-only files; give it ordinary modes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -243,14 +316,16 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None
 
 
 def _umask() -> int:
-    """The process's file-creation mask (reading it requires setting it; restored at once)."""
+    """The process's file-creation mask (reading it requires setting it;
+    restored at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
-    """Load a safetensors ``state_dict`` into ``model`` (strictly) and return its metadata.
+    """Load a safetensors ``state_dict`` into ``model`` (strictly) and return its
+    metadata.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -260,24 +335,30 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no checkpoint at {path}; train the model first (companion.train.train_vae) "
-            "and save it with companion.train.save_checkpoint"
+            f"no checkpoint at {path}; train the model first "
+            "(companion.train.train_vae) and save it with "
+            "companion.train.save_checkpoint"
         )
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a valid safetensors checkpoint ({err}); delete it and retrain") from err
+        raise ValueError(
+            f"{path} is not a valid safetensors checkpoint ({err}); delete it and "
+            "retrain"
+        ) from err
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
-    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    wrong = sorted(
+        k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape
+    )
     if missing or unexpected or wrong:
         raise ValueError(
-            f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}; build the model with the "
-            "config it was trained with"
+            f"checkpoint {path} does not fit {type(model).__name__}: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}; "
+            "build the model with the config it was trained with"
         )
     model.load_state_dict(tensors)
     try:

@@ -1,7 +1,8 @@
 """Shared fixtures: a static HTTP server on 127.0.0.1, a loopback port that refuses
 connections, and one torch thread for the whole session.
 
-Tests never reach the internet; downloads are exercised against these loopback endpoints.
+Tests never reach the internet; downloads are exercised against these loopback
+endpoints.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def _one_torch_thread() -> Iterator[None]:
 
 @dataclass
 class LoopbackServer:
-    """A static file server on 127.0.0.1 serving ``root`` that records the paths it was asked for.
+    """A static file server on 127.0.0.1 serving ``root`` that records the paths it was
+    asked for.
 
-    ``/truncated/...`` announces 1000 bytes and sends 10, to imitate a dropped connection.
+    ``/truncated/...`` announces 1000 bytes and sends 10,
+    to imitate a dropped connection.
     """
 
     root: Path
@@ -53,7 +56,8 @@ class LoopbackServer:
 
 @pytest.fixture
 def loopback_server(tmp_path: Path) -> Iterator[LoopbackServer]:
-    """Serve ``tmp_path / "served"`` over HTTP on 127.0.0.1 for the duration of one test."""
+    """Serve ``tmp_path / "served"`` over HTTP on 127.0.0.1 for the duration of one
+    test."""
     root = tmp_path / "served"
     root.mkdir()
     requests: list[str] = []
@@ -72,15 +76,21 @@ def loopback_server(tmp_path: Path) -> Iterator[LoopbackServer]:
                 return
             super().do_GET()
 
-        def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+        def log_message(
+            self, format: str, *args: object
+        ) -> None:  # keep test output quiet
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     try:
         port = httpd.server_address[1]
-        yield LoopbackServer(root=root, base_url=f"http://127.0.0.1:{port}", requests=requests)
+        yield LoopbackServer(
+            root=root, base_url=f"http://127.0.0.1:{port}", requests=requests
+        )
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -89,7 +99,8 @@ def loopback_server(tmp_path: Path) -> Iterator[LoopbackServer]:
 
 @pytest.fixture
 def refused_base_url() -> Iterator[str]:
-    """``http://127.0.0.1:<port>/`` where the port is bound but not listening: connections are refused."""
+    """``http://127.0.0.1:<port>/`` where the port is bound but not listening:
+    connections are refused."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/"

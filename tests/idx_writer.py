@@ -1,8 +1,9 @@
-"""Encode arrays as IDX bytes, independently of :mod:`companion.idx`, for tests to feed it.
+"""Encode arrays as IDX bytes, independently of :mod:`companion.idx`,
+for tests to feed it.
 
 Layout (LeCun et al., "The MNIST database", section "File formats"): bytes 00 00, a
-one-byte element-type code, a one-byte number of dimensions, the dimensions as big-endian
-uint32, then the elements big-endian in C order.
+one-byte element-type code, a one-byte number of dimensions, the dimensions as
+big-endian uint32, then the elements big-endian in C order.
 """
 
 from __future__ import annotations
@@ -33,5 +34,6 @@ def write_idx(array: np.ndarray) -> bytes:
 
 
 def write_idx_gz(array: np.ndarray) -> bytes:
-    """Encode ``array`` as gzip-compressed IDX bytes, as the distributed MNIST files are."""
+    """Encode ``array`` as gzip-compressed IDX bytes,
+    as the distributed MNIST files are."""
     return gzip.compress(write_idx(array))

@@ -1,4 +1,5 @@
-"""Tests for companion.cache: hit, miss, corrupt files, a disabled cache, stable keys."""
+"""Tests for companion.cache: hit, miss, corrupt files, a disabled cache,
+stable keys."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class Settings:
 KEY = {"settings": Settings(), "seed": 0}
 
 
-def test_a_miss_trains_and_writes_then_a_hit_loads_the_same_weights_without_training() -> None:
+def test_a_miss_trains_and_writes_then_a_hit_loads_the_weights_untrained() -> None:
     train = Counter()
     first = cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)
     assert train.calls == 1 and cache_path(KEY).is_file()
@@ -80,7 +81,9 @@ def test_a_file_for_another_architecture_is_retrained_with_a_warning() -> None:
     assert train.calls == 1 and model.weight.shape == (2, 4)
 
 
-def test_disabled_cache_always_trains_and_writes_nothing(monkeypatch: pytest.MonkeyPatch, _cache_dir: Path) -> None:
+def test_disabled_cache_always_trains_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, _cache_dir: Path
+) -> None:
     monkeypatch.setenv(cache.CACHE_ENV, "0")
     train = Counter()
     cached_model(key=KEY, build=lambda: nn.Linear(3, 2), train=train)

@@ -19,13 +19,15 @@ PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 @pytest.fixture
 def server(loopback_server: LoopbackServer) -> LoopbackServer:
-    """The shared loopback server (see conftest.py), under the short name these tests use."""
+    """The shared loopback server (see conftest.py),
+    under the short name these tests use."""
     return loopback_server
 
 
 @pytest.fixture
 def refused_url(refused_base_url: str) -> str:
-    """A URL on 127.0.0.1 whose port is bound but not listening, so connections are refused."""
+    """A URL on 127.0.0.1 whose port is bound but not listening,
+    so connections are refused."""
     return refused_base_url + "payload.bin"
 
 
@@ -58,20 +60,31 @@ def test_second_call_uses_the_cache_without_touching_the_network(
 ) -> None:
     url = _serve(server, "payload.bin", PAYLOAD)
     destination = cache / "payload.bin"
-    fetch_verified(urls=[url], destination=destination, sha256=PAYLOAD_SHA256, progress=False)
+    fetch_verified(
+        urls=[url], destination=destination, sha256=PAYLOAD_SHA256, progress=False
+    )
     assert len(server.requests) == 1
 
     again = fetch_verified(urls=[url], destination=destination, sha256=PAYLOAD_SHA256)
-    offline = fetch_verified(urls=[refused_url], destination=destination, sha256=PAYLOAD_SHA256)
+    offline = fetch_verified(
+        urls=[refused_url], destination=destination, sha256=PAYLOAD_SHA256
+    )
 
     assert again == offline == destination
     assert len(server.requests) == 1
 
 
-def test_checksum_is_compared_case_insensitively(server: LoopbackServer, cache: Path) -> None:
+def test_checksum_is_compared_case_insensitively(
+    server: LoopbackServer, cache: Path
+) -> None:
     url = _serve(server, "payload.bin", PAYLOAD)
     destination = cache / "payload.bin"
-    fetch_verified(urls=[url], destination=destination, sha256=PAYLOAD_SHA256.upper(), progress=False)
+    fetch_verified(
+        urls=[url],
+        destination=destination,
+        sha256=PAYLOAD_SHA256.upper(),
+        progress=False,
+    )
     assert destination.read_bytes() == PAYLOAD
 
 
@@ -83,7 +96,9 @@ def test_corrupt_download_is_rejected_and_nothing_is_left_on_disk(
     destination = cache / "payload.bin"
 
     with pytest.raises(ValueError, match="corrupt download") as info:
-        fetch_verified(urls=[url], destination=destination, sha256=PAYLOAD_SHA256, progress=False)
+        fetch_verified(
+            urls=[url], destination=destination, sha256=PAYLOAD_SHA256, progress=False
+        )
 
     message = str(info.value)
     assert url in message
@@ -101,7 +116,12 @@ def test_first_mirror_answering_404_falls_back_to_the_second(
     missing = server.url("missing/payload.bin")
     destination = cache / "payload.bin"
 
-    fetch_verified(urls=[missing, good], destination=destination, sha256=PAYLOAD_SHA256, progress=False)
+    fetch_verified(
+        urls=[missing, good],
+        destination=destination,
+        sha256=PAYLOAD_SHA256,
+        progress=False,
+    )
 
     assert destination.read_bytes() == PAYLOAD
     assert server.requests == ["/missing/payload.bin", "/payload.bin"]
@@ -147,8 +167,11 @@ def test_unreachable_mirrors_raise_connection_error_pointing_to_the_offline_mnis
 
     with pytest.raises(ConnectionError) as info:
         fetch_verified(
-            urls=[refused_url, missing], destination=destination, sha256=PAYLOAD_SHA256,
-            timeout_s=2.0, progress=False,
+            urls=[refused_url, missing],
+            destination=destination,
+            sha256=PAYLOAD_SHA256,
+            timeout_s=2.0,
+            progress=False,
         )
 
     message = str(info.value)
@@ -168,7 +191,9 @@ def test_existing_corrupt_cached_file_is_replaced_by_a_fresh_download(
     cache.mkdir(parents=True)
     destination.write_bytes(b"stale or truncated")
 
-    fetch_verified(urls=[url], destination=destination, sha256=PAYLOAD_SHA256, progress=False)
+    fetch_verified(
+        urls=[url], destination=destination, sha256=PAYLOAD_SHA256, progress=False
+    )
 
     assert destination.read_bytes() == PAYLOAD
     assert server.requests == ["/payload.bin"]
@@ -187,7 +212,9 @@ def test_malformed_expected_checksum_is_rejected_before_any_request(
 
 def test_empty_mirror_list_is_rejected(cache: Path) -> None:
     with pytest.raises(ValueError, match="no URLs"):
-        fetch_verified(urls=[], destination=cache / "payload.bin", sha256=PAYLOAD_SHA256)
+        fetch_verified(
+            urls=[], destination=cache / "payload.bin", sha256=PAYLOAD_SHA256
+        )
 
 
 def test_sha256_file_matches_hashlib_across_chunk_boundaries(tmp_path: Path) -> None:

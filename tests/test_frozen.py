@@ -1,4 +1,5 @@
-"""Tests for companion.frozen: parameters frozen for the duration, flags restored exactly."""
+"""Tests for companion.frozen: parameters frozen for the duration,
+flags restored exactly."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def test_parameters_are_frozen_inside_and_each_flag_is_restored_even_on_error() 
     assert all(p.requires_grad for p in b.parameters())
 
 
-def test_kept_parameters_stay_trainable_while_the_rest_of_the_module_is_frozen() -> None:
+def test_kept_parameters_stay_trainable_while_the_rest_of_the_module_is_frozen() -> (
+    None
+):
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     with frozen(model, keep=model[1].parameters()):
         assert not any(p.requires_grad for p in model[0].parameters())

@@ -1,4 +1,5 @@
-"""Tests for companion.glyphs: the offline letters are deterministic, in range and split cleanly."""
+"""Tests for companion.glyphs: the offline letters are deterministic,
+in range and split cleanly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for companion.idx: IDX decoding, gzip detection, and rejection of malformed input."""
+"""Tests for companion.idx: IDX decoding, gzip detection,
+and rejection of malformed input."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from idx_writer import IDX_TYPE_CODES, write_idx
         shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6),
     )
 )
-def test_uint8_and_float32_arrays_of_one_to_three_dims_round_trip(array: np.ndarray) -> None:
+def test_uint8_and_float32_arrays_of_one_to_three_dims_round_trip(
+    array: np.ndarray,
+) -> None:
     decoded = parse_idx(write_idx(array))
     assert decoded.dtype == array.dtype
     assert decoded.shape == array.shape
@@ -30,7 +33,9 @@ def test_uint8_and_float32_arrays_of_one_to_three_dims_round_trip(array: np.ndar
 
 
 @pytest.mark.parametrize("dtype", list(IDX_TYPE_CODES), ids=lambda d: d.name)
-def test_every_element_type_round_trips_with_big_endian_payload(dtype: np.dtype) -> None:
+def test_every_element_type_round_trips_with_big_endian_payload(
+    dtype: np.dtype,
+) -> None:
     info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
     array = np.array([[info.min, 0, 1], [info.max, 2, 3]], dtype=dtype)
     decoded = parse_idx(write_idx(array))
@@ -42,7 +47,9 @@ def test_result_is_native_endian_writable_and_owns_its_memory() -> None:
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     decoded = parse_idx(write_idx(array))
     assert decoded.dtype.isnative
-    assert decoded.flags.writeable and decoded.flags.owndata and decoded.flags.c_contiguous
+    assert (
+        decoded.flags.writeable and decoded.flags.owndata and decoded.flags.c_contiguous
+    )
     decoded[0, 0] = 99.0  # must not raise "assignment destination is read-only"
 
 
@@ -82,7 +89,10 @@ _GOOD = write_idx(np.arange(6, dtype=np.uint8).reshape(2, 3))
         (b"\x00\x00\x07" + _GOOD[3:], "unknown IDX element type 0x07"),
         (_GOOD[:9], "truncated IDX header"),
         (_GOOD[:-1], r"expected 6 bytes of data for shape \(2, 3\) \(uint8\), got 5"),
-        (_GOOD + b"\x00", r"expected 6 bytes of data for shape \(2, 3\) \(uint8\), got 7"),
+        (
+            _GOOD + b"\x00",
+            r"expected 6 bytes of data for shape \(2, 3\) \(uint8\), got 7",
+        ),
         (gzip.compress(_GOOD)[:-8], "corrupt gzip"),
         (b"\x1f\x8b" + b"not really gzip", "corrupt gzip"),
     ],
@@ -98,12 +108,16 @@ _GOOD = write_idx(np.arange(6, dtype=np.uint8).reshape(2, 3))
         "garbage-gzip",
     ],
 )
-def test_malformed_input_raises_value_error_saying_what_is_wrong(data: bytes, message: str) -> None:
+def test_malformed_input_raises_value_error_saying_what_is_wrong(
+    data: bytes, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         parse_idx(data)
 
 
 def test_huge_declared_shape_is_rejected_without_allocating() -> None:
-    header = bytes([0, 0, 0x0E, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1)
+    header = bytes([0, 0, 0x0E, 3]) + struct.pack(
+        ">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1
+    )
     with pytest.raises(ValueError, match="expected .* bytes of data"):
         parse_idx(header + b"\x00" * 8)

@@ -1,4 +1,5 @@
-"""Tests for companion.metrics: MS-SSIM settings valid for small images, and accuracy."""
+"""Tests for companion.metrics: MS-SSIM settings valid for small images,
+and accuracy."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ def digits() -> torch.Tensor:
     return load_images(name="digits", split="test", image_size=16).images[:12]
 
 
-@pytest.mark.parametrize(("size", "scales"), [(8, 2), (16, 3), (28, 3), (32, 4), (64, 5), (256, 5)])
+@pytest.mark.parametrize(
+    ("size", "scales"), [(8, 2), (16, 3), (28, 3), (32, 4), (64, 5), (256, 5)]
+)
 def test_the_coarsest_scale_keeps_at_least_four_pixels(size: int, scales: int) -> None:
     assert msssim_scales(size) == scales
     assert size / 2 ** (scales - 1) >= 4
@@ -30,7 +33,10 @@ def test_identical_images_score_one_and_other_digits_less(size: int) -> None:
 
 def test_more_noise_means_lower_similarity(digits: torch.Tensor) -> None:
     signs = torch.randn(digits.shape, generator=torch.Generator().manual_seed(0)).sign()
-    scores = [ms_ssim(digits, (digits + eps * signs).clamp(0, 1)).mean().item() for eps in (0.0, 0.05, 0.1, 0.2)]
+    scores = [
+        ms_ssim(digits, (digits + eps * signs).clamp(0, 1)).mean().item()
+        for eps in (0.0, 0.05, 0.1, 0.2)
+    ]
     assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0)
 
 
@@ -56,7 +62,9 @@ def test_accuracy_counts_arg_max_hits() -> None:
         accuracy(logits, torch.tensor([0, 1, 1]))
 
 
-def test_attack_report_is_neutral_for_an_unchanged_input_and_reacts_to_a_change(digits: torch.Tensor) -> None:
+def test_attack_report_is_neutral_for_an_unchanged_input_and_reacts_to_a_change(
+    digits: torch.Tensor,
+) -> None:
     from companion.metrics import attack_report
     from companion.models import ConvVAE, VAEConfig
 
@@ -70,7 +78,9 @@ def test_attack_report_is_neutral_for_an_unchanged_input_and_reacts_to_a_change(
     assert (moved.skl > 0).all() and (moved.input_ms_ssim < 1).all()
 
 
-def test_code_report_scores_the_encoders_mean_as_perfect_and_a_wrong_code_lower(digits: torch.Tensor) -> None:
+def test_code_report_scores_the_encoders_mean_as_perfect_and_a_wrong_code_lower(
+    digits: torch.Tensor,
+) -> None:
     from companion.metrics import code_report
     from companion.models import ConvVAE, VAEConfig
 
@@ -82,7 +92,9 @@ def test_code_report_scores_the_encoders_mean_as_perfect_and_a_wrong_code_lower(
     own = code_report(model, classifier, z=z, x_ref=digits, y_ref=labels)
     torch.testing.assert_close(own.recon_ms_ssim, torch.ones(len(digits)))
     assert own.correct.all()
-    far = code_report(model, classifier, z=z + 5 * torch.randn_like(z), x_ref=digits, y_ref=labels)
+    far = code_report(
+        model, classifier, z=z + 5 * torch.randn_like(z), x_ref=digits, y_ref=labels
+    )
     assert far.recon_ms_ssim.mean() < 1 and not far.correct.all()
     with pytest.raises(ValueError, match="codes for"):
         code_report(model, classifier, z=z[:3], x_ref=digits, y_ref=labels)
@@ -92,11 +104,19 @@ def test_log_posterior_ratio_is_exact_on_the_linear_gaussian_model() -> None:
     from companion.metrics import log_posterior_ratio
     from companion.models import LinearGaussian
 
-    model = LinearGaussian.random(x_dim=5, z_dim=2, noise_std=0.5, generator=torch.Generator().manual_seed(0))
+    model = LinearGaussian.random(
+        x_dim=5, z_dim=2, noise_std=0.5, generator=torch.Generator().manual_seed(0)
+    )
     x, _ = model.sample(4, generator=torch.Generator().manual_seed(1))
-    z1, z2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    z1, z2 = (
+        torch.randn(4, 2, dtype=torch.float64),
+        torch.randn(4, 2, dtype=torch.float64),
+    )
     posterior = model.posterior(x)
-    torch.testing.assert_close(log_posterior_ratio(model, z1=z1, z2=z2, x=x), posterior.log_prob(z1) - posterior.log_prob(z2))
+    torch.testing.assert_close(
+        log_posterior_ratio(model, z1=z1, z2=z2, x=x),
+        posterior.log_prob(z1) - posterior.log_prob(z2),
+    )
 
 
 def test_mse_and_psnr_per_image_pair() -> None:

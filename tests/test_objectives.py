@@ -1,7 +1,8 @@
 """Tests for companion.objectives against the exact linear-Gaussian model, and the IWAE
 curve on a small ConvVAE.
 
-Monte Carlo checks use tolerances of five standard errors, estimated from the same draws.
+Monte Carlo checks use tolerances of five standard errors,
+estimated from the same draws.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ D, Z, B = 4, 2, 5
 
 @pytest.fixture(scope="module")
 def model() -> LinearGaussian:
-    return LinearGaussian.random(x_dim=D, z_dim=Z, noise_std=0.5, generator=torch.Generator().manual_seed(0))
+    return LinearGaussian.random(
+        x_dim=D, z_dim=Z, noise_std=0.5, generator=torch.Generator().manual_seed(0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,9 @@ def _as_mvn(q: Independent) -> MultivariateNormal:
     return MultivariateNormal(q.mean, covariance_matrix=torch.diag_embed(q.variance))
 
 
-def _expected_log_likelihood(model: LinearGaussian, x: torch.Tensor, q: Independent) -> torch.Tensor:
+def _expected_log_likelihood(
+    model: LinearGaussian, x: torch.Tensor, q: Independent
+) -> torch.Tensor:
     """E_q[ln p(x|z)] in closed form for q = N(m, diag s²):
 
     −D/2 ln 2πσ² − (‖x − W m − μ‖² + tr(W S Wᵀ)) / 2σ²,  S = diag s².
@@ -67,7 +72,7 @@ def _standard_error(values: torch.Tensor) -> torch.Tensor:
     return values.std(0) / math.sqrt(values.shape[0])
 
 
-# --- ELBO ---------------------------------------------------------------------------------
+# --- ELBO -----------------------------------------------------------------------------
 
 
 def test_elbo_with_the_exact_posterior_equals_ln_p_x(model, x) -> None:
@@ -84,20 +89,26 @@ def test_elbo_with_the_exact_posterior_equals_ln_p_x(model, x) -> None:
     assert (torch.abs(terms.elbo - exact) <= 5 * se + 1e-10).all()
 
 
-def test_elbo_kl_term_of_the_exact_posterior_matches_the_analytic_kl_to_the_prior(model, x) -> None:
+def test_elbo_kl_term_of_the_exact_posterior_matches_the_analytic_kl_to_the_prior(
+    model, x
+) -> None:
     torch.manual_seed(1)
     n = 4_000
     post = model.posterior(x)
     with torch.no_grad():
         terms = elbo(model=model, x=x, posterior=post, n_samples=n)
-        prior = MultivariateNormal(torch.zeros(Z, dtype=torch.float64), torch.eye(Z, dtype=torch.float64))
+        prior = MultivariateNormal(
+            torch.zeros(Z, dtype=torch.float64), torch.eye(Z, dtype=torch.float64)
+        )
         analytic = kl_divergence(post, prior)
         z = post.sample((n,))
         se = _standard_error(post.log_prob(z) - model.prior().log_prob(z))
     assert (torch.abs(terms.kl - analytic) <= 5 * se).all()
 
 
-def test_elbo_plus_kl_to_the_true_posterior_is_ln_p_x_for_any_diagonal_q(model, x) -> None:
+def test_elbo_plus_kl_to_the_true_posterior_is_ln_p_x_for_any_diagonal_q(
+    model, x
+) -> None:
     torch.manual_seed(2)
     n = 4_000
     q = _diagonal_q()
@@ -106,11 +117,15 @@ def test_elbo_plus_kl_to_the_true_posterior_is_ln_p_x_for_any_diagonal_q(model, 
         gap = kl_divergence(_as_mvn(q), model.posterior(x))
         exact = model.log_marginal(x)
         se = _standard_error(model.decode(q.sample((n,))).log_prob(x))
-    assert (gap > 0.1).all()  # q is far enough from the posterior for the identity to matter
+    assert (
+        gap > 0.1
+    ).all()  # q is far enough from the posterior for the identity to matter
     assert (torch.abs(terms.elbo + gap - exact) <= 5 * se).all()
 
 
-def test_elbo_reconstruction_term_is_an_unbiased_estimate_of_its_closed_form(model, x) -> None:
+def test_elbo_reconstruction_term_is_an_unbiased_estimate_of_its_closed_form(
+    model, x
+) -> None:
     torch.manual_seed(3)
     n = 4_000
     q = _diagonal_q(seed=5)
@@ -131,7 +146,9 @@ def test_elbo_reconstruction_term_is_an_unbiased_estimate_of_its_closed_form(mod
 def test_elbo_never_exceeds_ln_p_x(model, x, mean, log_std) -> None:
     q = Independent(Normal(torch.as_tensor(mean), torch.as_tensor(log_std).exp()), 1)
     with torch.no_grad():
-        exact_elbo = _expected_log_likelihood(model, x, q) - kl_divergence(q, model.prior())
+        exact_elbo = _expected_log_likelihood(model, x, q) - kl_divergence(
+            q, model.prior()
+        )
         assert (exact_elbo <= model.log_marginal(x) + 1e-9).all()
 
 
@@ -158,28 +175,40 @@ def test_elbo_rejects_zero_samples(model, x) -> None:
         elbo(model=model, x=x, posterior=_diagonal_q(), n_samples=0)
 
 
-# --- importance sampling --------------------------------------------------------------------
+# --- importance sampling --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("k", [1, 7])
-def test_importance_sampling_with_the_exact_posterior_is_exact_with_zero_variance(model, x, k: int) -> None:
+def test_importance_sampling_with_the_exact_posterior_is_exact_with_zero_variance(
+    model, x, k: int
+) -> None:
     torch.manual_seed(5)
-    estimate = importance_log_marginal(model=model, x=x, proposal=model.posterior(x), k=k, evals_per_pass=3 * len(x))
-    torch.testing.assert_close(estimate, model.log_marginal(x).detach(), atol=1e-8, rtol=0)
+    estimate = importance_log_marginal(
+        model=model, x=x, proposal=model.posterior(x), k=k, evals_per_pass=3 * len(x)
+    )
+    torch.testing.assert_close(
+        estimate, model.log_marginal(x).detach(), atol=1e-8, rtol=0
+    )
 
 
 def test_log_importance_weights_have_k_rows_whatever_the_pass_size(model, x) -> None:
-    log_w = log_importance_weights(model=model, x=x, proposal=_diagonal_q(), k=7, evals_per_pass=3 * len(x))
+    log_w = log_importance_weights(
+        model=model, x=x, proposal=_diagonal_q(), k=7, evals_per_pass=3 * len(x)
+    )
     assert log_w.shape == (7, B)
     assert not log_w.requires_grad
 
 
 def test_naive_monte_carlo_with_the_prior_converges_to_ln_p_x() -> None:
-    small = LinearGaussian.random(x_dim=2, z_dim=1, noise_std=1.0, generator=torch.Generator().manual_seed(3))
+    small = LinearGaussian.random(
+        x_dim=2, z_dim=1, noise_std=1.0, generator=torch.Generator().manual_seed(3)
+    )
     x, _ = small.sample(4, generator=torch.Generator().manual_seed(4))
     torch.manual_seed(6)
     k = 100_000
-    log_w = log_importance_weights(model=small, x=x, proposal=small.prior(), k=k, evals_per_pass=20_000)
+    log_w = log_importance_weights(
+        model=small, x=x, proposal=small.prior(), k=k, evals_per_pass=20_000
+    )
     estimate = torch.logsumexp(log_w, 0) - math.log(k)
     # delta method: sd(ln p̂) ≈ sd(w) / (mean(w) √k)
     w = (log_w - log_w.max(0).values).exp()
@@ -202,32 +231,49 @@ def test_a_batchless_proposal_shares_its_samples_across_the_batch(model, x) -> N
 
 
 @pytest.mark.parametrize(("k", "evals"), [(0, 10), (5, 0)])
-def test_importance_sampling_rejects_non_positive_k_or_pass_size(model, x, k: int, evals: int) -> None:
+def test_importance_sampling_rejects_non_positive_k_or_pass_size(
+    model, x, k: int, evals: int
+) -> None:
     with pytest.raises(ValueError, match="k and evals_per_pass must be >= 1"):
-        importance_log_marginal(model=model, x=x, proposal=model.prior(), k=k, evals_per_pass=evals)
+        importance_log_marginal(
+            model=model, x=x, proposal=model.prior(), k=k, evals_per_pass=evals
+        )
 
 
-# --- IWAE from one set of weights ------------------------------------------------------------
+# --- IWAE from one set of weights -----------------------------------------------------
 
 
 def test_iwae_with_k_equal_to_all_weights_is_their_log_mean_exp() -> None:
-    log_w = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    torch.testing.assert_close(iwae_from_weights(log_w, ks=[12])[0], torch.logsumexp(log_w, 0) - math.log(12))
+    log_w = torch.randn(
+        12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    torch.testing.assert_close(
+        iwae_from_weights(log_w, ks=[12])[0], torch.logsumexp(log_w, 0) - math.log(12)
+    )
 
 
 def test_iwae_with_k_one_is_the_mean_log_weight() -> None:
-    log_w = torch.randn(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    log_w = torch.randn(
+        12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     torch.testing.assert_close(iwae_from_weights(log_w, ks=[1])[0], log_w.mean(0))
 
 
 def test_iwae_averages_the_bound_over_disjoint_consecutive_groups() -> None:
-    log_w = torch.tensor([[0.0], [math.log(3.0)], [math.log(5.0)], [math.log(7.0)]], dtype=torch.float64)
+    log_w = torch.tensor(
+        [[0.0], [math.log(3.0)], [math.log(5.0)], [math.log(7.0)]], dtype=torch.float64
+    )
     expected = 0.5 * (math.log(2.0) + math.log(6.0))  # groups {1, 3} and {5, 7}
-    torch.testing.assert_close(iwae_from_weights(log_w, ks=[2]), torch.tensor([[expected]], dtype=torch.float64))
+    torch.testing.assert_close(
+        iwae_from_weights(log_w, ks=[2]),
+        torch.tensor([[expected]], dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("ks", [[5], [0], [1, 4, 24]])
-def test_iwae_rejects_k_that_does_not_divide_the_number_of_weights(ks: list[int]) -> None:
+def test_iwae_rejects_k_that_does_not_divide_the_number_of_weights(
+    ks: list[int],
+) -> None:
     with pytest.raises(ValueError, match="must divide the number of weights 12"):
         iwae_from_weights(torch.zeros(12, 2), ks=ks)
 
@@ -237,13 +283,14 @@ def test_iwae_rejects_k_that_does_not_divide_the_number_of_weights(ks: list[int]
     log_w=hnp.arrays(float, (16, 3), elements=st.floats(-20, 20)),
 )
 def test_iwae_never_decreases_along_a_chain_of_dividing_ks(log_w) -> None:
-    # each group of 2k is the union of two groups of k, and log-mean-exp is at least the mean
-    # of the halves' log-mean-exps (Jensen), so the curve is monotone for every weight set
+    # each group of 2k is the union of two groups of k, and log-mean-exp is at least
+    # the mean of the halves' log-mean-exps (Jensen), so the curve is monotone for
+    # every weight set
     curve = iwae_from_weights(torch.as_tensor(log_w), ks=[1, 2, 4, 8, 16])
     assert (curve[1:] >= curve[:-1] - 1e-12).all()
 
 
-# --- on a ConvVAE ----------------------------------------------------------------------------
+# --- on a ConvVAE ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -254,11 +301,20 @@ def vae_and_images() -> tuple[ConvVAE, torch.Tensor]:
     return vae, binarize(images, generator=torch.Generator().manual_seed(0))
 
 
-def test_iwae_curve_has_one_row_per_k_and_one_column_per_image_and_rises_with_k(vae_and_images) -> None:
+def test_iwae_curve_has_one_row_per_k_and_one_column_per_image_and_rises_with_k(
+    vae_and_images,
+) -> None:
     vae, images = vae_and_images
     vae.train()
     torch.manual_seed(8)
-    curve = iwae_curve(model=vae, images=images, ks=(1, 4, 16), batch_size=5, evals_per_pass=30, progress=False)
+    curve = iwae_curve(
+        model=vae,
+        images=images,
+        ks=(1, 4, 16),
+        batch_size=5,
+        evals_per_pass=30,
+        progress=False,
+    )
     assert curve.shape == (3, 12)
     assert torch.isfinite(curve).all() and (curve < 0).all()
     assert (curve[1:] >= curve[:-1] - 1e-5).all()
@@ -268,7 +324,9 @@ def test_iwae_curve_has_one_row_per_k_and_one_column_per_image_and_rises_with_k(
 def test_test_nll_is_minus_the_last_row_of_the_iwae_curve(vae_and_images) -> None:
     vae, images = vae_and_images
     torch.manual_seed(9)
-    curve = iwae_curve(model=vae, images=images, ks=(2, 16), batch_size=5, progress=False)
+    curve = iwae_curve(
+        model=vae, images=images, ks=(2, 16), batch_size=5, progress=False
+    )
     torch.manual_seed(9)
     nll = test_nll(model=vae, images=images, k=16, batch_size=5, progress=False)
     assert nll.shape == (12,)
@@ -281,12 +339,16 @@ def test_iwae_bound_agrees_with_the_curve_for_one_batch(vae_and_images) -> None:
     torch.manual_seed(10)
     bound = iwae_bound(model=vae, x=images, k=8)
     torch.manual_seed(10)
-    curve = iwae_curve(model=vae, images=images, ks=(8,), batch_size=len(images), progress=False)
+    curve = iwae_curve(
+        model=vae, images=images, ks=(8,), batch_size=len(images), progress=False
+    )
     torch.testing.assert_close(bound, curve[0])
 
 
 @pytest.mark.parametrize("ks", [(3, 4), (0, 4)])
-def test_iwae_curve_rejects_ks_that_do_not_divide_the_largest(vae_and_images, ks) -> None:
+def test_iwae_curve_rejects_ks_that_do_not_divide_the_largest(
+    vae_and_images, ks
+) -> None:
     vae, images = vae_and_images
     with pytest.raises(ValueError, match="must divide"):
         iwae_curve(model=vae, images=images, ks=ks, progress=False)

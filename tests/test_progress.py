@@ -8,7 +8,9 @@ from companion.progress import PROGRESS_ENV, progress_bar, progress_enabled
 
 
 @pytest.mark.parametrize("value", ["0", "false", "No", " off "])
-def test_falsy_environment_value_disables_bars(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+def test_falsy_environment_value_disables_bars(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
     monkeypatch.setenv(PROGRESS_ENV, value)
     assert progress_enabled() is False
     with progress_bar(range(3), desc="x") as bar:
@@ -17,7 +19,9 @@ def test_falsy_environment_value_disables_bars(monkeypatch: pytest.MonkeyPatch, 
 
 
 @pytest.mark.parametrize("value", [None, "1", "yes"])
-def test_bars_are_on_when_the_variable_is_unset_or_truthy(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+def test_bars_are_on_when_the_variable_is_unset_or_truthy(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
     if value is None:
         monkeypatch.delenv(PROGRESS_ENV, raising=False)
     else:

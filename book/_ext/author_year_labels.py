@@ -25,15 +25,25 @@ STYLE = "author_year"
 
 
 def _surname(person) -> str:
-    return Text.from_latex(" ".join(person.prelast_names + person.last_names)).render_as("text")
+    return Text.from_latex(
+        " ".join(person.prelast_names + person.last_names)
+    ).render_as("text")
 
 
 def author_year(entry: Entry) -> str:
     """'Child, 2019', 'Kingma and Welling, 2014' or 'Kuzina et al., 2022'."""
-    names = [_surname(p) for p in entry.persons.get("author", entry.persons.get("editor", []))]
+    names = [
+        _surname(p)
+        for p in entry.persons.get("author", entry.persons.get("editor", []))
+    ]
     if not names:
         raise ValueError(f"bibliography entry {entry.key!r} has no author or editor")
-    who = names[0] if len(names) == 1 else " and ".join(names) if len(names) == 2 else f"{names[0]} et al."
+    if len(names) == 1:
+        who = names[0]
+    elif len(names) == 2:
+        who = " and ".join(names)
+    else:
+        who = f"{names[0]} et al."
     return f"{who}, {entry.fields.get('year', 'n.d.')}"
 
 

@@ -1,12 +1,13 @@
 """A DDPM: ε-prediction trained with L_simple, EMA weights, ancestral sampling.
 
 Ho et al. (2020) train a network ε_θ(z_t, t) to predict the noise that made z_t from x,
-L_simple = E_{t, x, ε} ‖ε − ε_θ(√ᾱ_t x + √(1 − ᾱ_t) ε, t)‖² (their eq. 14), and sample by
-running the learned reverse process p_θ(z_{t−1} | z_t) from z_T ~ N(0, I) down to z_0.
-We use the posterior-mean form of the reverse step with the prediction of x clipped to
-[−1, 1] and the posterior variance β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) (their §3.2).
+L_simple = E_{t, x, ε} ‖ε − ε_θ(√ᾱ_t x + √(1 − ᾱ_t) ε, t)‖² (their eq. 14), and sample
+by running the learned reverse process p_θ(z_{t−1} | z_t) from z_T ~ N(0, I) down to
+z_0. We use the posterior-mean form of the reverse step with the prediction of x clipped
+to [−1, 1] and the posterior variance β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) (their §3.2).
 
-Images enter as pixels in [0, 1] and are scaled to [−1, 1] inside (:func:`to_model_space`).
+Images enter as pixels in [0, 1] and are scaled to [−1, 1] inside
+(:func:`to_model_space`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -39,6 +42,13 @@ def to_model_space(images: torch.Tensor) -> torch.Tensor:
     return images * 2 - 1
 
 
+def _image_shape(net: nn.Module) -> tuple[int, ...]:
+    """The (C, H, W) a network exposes as ``image_shape``."""
+    # nn.Module.__getattr__ is typed for submodules and tensors only; image_shape is a
+    # plain attribute or property of the network (the UNet's is a property)
+    return tuple(cast("Sequence[int]", net.image_shape))
+
+
 def to_pixels(x: torch.Tensor) -> torch.Tensor:
     """The diffusion's data space → pixels, clipped to [0, 1]."""
     return ((x + 1) / 2).clamp(0, 1)
@@ -54,6 +64,13 @@ class DDPM(nn.Module):
             moves them).
     """
 
+    # buffers registered in __init__ (T,), float32
+    betas: torch.Tensor
+    alpha_bars: torch.Tensor
+    coef_x: torch.Tensor
+    coef_z: torch.Tensor
+    post_std: torch.Tensor
+
     def __init__(self, net: nn.Module, schedule: Schedule) -> None:
         super().__init__()
         self.net = net
@@ -61,12 +78,23 @@ class DDPM(nn.Module):
         b = schedule.betas.double()
         a_bar = schedule.alpha_bars.double()
         a_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), a_bar[:-1]])
-        # Posterior q(z_{t−1} | z_t, x) = N(c_x x + c_z z_t, β̃_t I) (Ho et al., eq. 6–7).
+        # Posterior q(z_{t−1} | z_t, x) = N(c_x x + c_z z_t, β̃_t I)
+        # (Ho et al., eq. 6–7).
         self.register_buffer("betas", b.float(), persistent=False)
         self.register_buffer("alpha_bars", a_bar.float(), persistent=False)
-        self.register_buffer("coef_x", (b * a_bar_prev.sqrt() / (1 - a_bar)).float(), persistent=False)
-        self.register_buffer("coef_z", ((1 - a_bar_prev) * (1 - b).sqrt() / (1 - a_bar)).float(), persistent=False)
-        self.register_buffer("post_std", (b * (1 - a_bar_prev) / (1 - a_bar)).sqrt().float(), persistent=False)
+        self.register_buffer(
+            "coef_x", (b * a_bar_prev.sqrt() / (1 - a_bar)).float(), persistent=False
+        )
+        self.register_buffer(
+            "coef_z",
+            ((1 - a_bar_prev) * (1 - b).sqrt() / (1 - a_bar)).float(),
+            persistent=False,
+        )
+        self.register_buffer(
+            "post_std",
+            (b * (1 - a_bar_prev) / (1 - a_bar)).sqrt().float(),
+            persistent=False,
+        )
 
     @property
     def T(self) -> int:
@@ -74,9 +102,15 @@ class DDPM(nn.Module):
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.net.image_shape)
+        return _image_shape(self.net)
 
-    def loss(self, x: torch.Tensor, *, t_min: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        x: torch.Tensor,
+        *,
+        t_min: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """L_simple of a batch in data space [−1, 1]: mean over pixels and examples.
 
         Args:
@@ -84,27 +118,34 @@ class DDPM(nn.Module):
             t_min: smallest step drawn (steps are uniform on t_min..T); DAED's generator
                 uses t_min = k + 1.
         """
-        t = torch.randint(t_min, self.T + 1, (x.shape[0],), device=x.device, generator=generator)
+        t = torch.randint(
+            t_min, self.T + 1, (x.shape[0],), device=x.device, generator=generator
+        )
         noise = torch.randn(x.shape, device=x.device, generator=generator)
         z = q_sample(self.schedule, x, t, noise=noise)
         return (self.net(z, t) - noise).pow(2).mean()
 
     def predict_x(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        """x̂ = (z_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, clipped to [−1, 1]; z (B, C, H, W), one step t."""
+        """x̂ = (z_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, clipped to [−1, 1]; z (B, C, H, W),
+        one step t."""
         a = self.alpha_bars[t - 1]
         eps = self.net(z, torch.full((z.shape[0],), t, device=z.device))
         return ((z - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
 
-    def reverse_step(self, z: torch.Tensor, *, t: int, noise: torch.Tensor | None) -> torch.Tensor:
+    def reverse_step(
+        self, z: torch.Tensor, *, t: int, noise: torch.Tensor | None
+    ) -> torch.Tensor:
         """One ancestral step z_t → z_{t−1} ~ p_θ(z_{t−1} | z_t), differentiable in z.
 
         Args:
             z: (B, C, H, W) states at step t (1..T).
-            noise: the standard normal draw of the step (shape of z); ``None`` only at t = 1,
-                whose step returns the posterior mean (Ho et al. add no noise there).
+            noise: the standard normal draw of the step (shape of z); ``None`` only at
+                t = 1, whose step returns the posterior mean
+                (Ho et al. add no noise there).
 
         Returns:
-            z_{t−1} (B, C, H, W): the posterior mean at the predicted x̂ plus β̃_t^½ · noise.
+            z_{t−1} (B, C, H, W): the posterior mean at the predicted x̂ plus
+            β̃_t^½ · noise.
         """
         if (noise is None) != (t == 1):
             raise ValueError(f"step t = {t} needs {'no' if t == 1 else 'a'} noise draw")
@@ -122,13 +163,15 @@ class DDPM(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run the reverse process from z_{t_start} down to z_{t_stop} (ancestral sampling).
+        """Run the reverse process from z_{t_start} down to z_{t_stop}
+        (ancestral sampling).
 
         Args:
             z: (B, C, H, W) states at step ``t_start``.
             t_start: the step z is at (1..T).
             t_stop: where to stop (0: the data, giving x̂ in [−1, 1]).
-            record_at: steps k (t_stop ≤ k < t_start) whose states z_k are also returned.
+            record_at: steps k (t_stop ≤ k < t_start) whose states z_k are also
+                returned.
             generator: generator of the reverse steps' noise (on z's device).
 
         Returns:
@@ -136,15 +179,26 @@ class DDPM(nn.Module):
         """
         self._check(z)
         if not 0 <= t_stop < t_start <= self.T:
-            raise ValueError(f"need 0 <= t_stop < t_start <= T = {self.T}, got t_start={t_start}, t_stop={t_stop}")
+            raise ValueError(
+                f"need 0 <= t_stop < t_start <= T = {self.T}, got t_start={t_start}, "
+                f"t_stop={t_stop}"
+            )
         if any(not t_stop <= k < t_start for k in record_at):
-            raise ValueError(f"record_at steps must lie in [{t_stop}, {t_start}), got {record_at}")
+            raise ValueError(
+                f"record_at steps must lie in [{t_stop}, {t_start}), got {record_at}"
+            )
         was_training = self.training
         self.eval()
         recorded = {}
         try:
-            for t in progress_bar(range(t_start, t_stop, -1), desc="sampling", enabled=progress):
-                noise = torch.randn(z.shape, device=z.device, generator=generator) if t > 1 else None
+            for t in progress_bar(
+                range(t_start, t_stop, -1), desc="sampling", enabled=progress
+            ):
+                noise = (
+                    torch.randn(z.shape, device=z.device, generator=generator)
+                    if t > 1
+                    else None
+                )
                 z = self.reverse_step(z, t=t, noise=noise)
                 if t - 1 in record_at:
                     recorded[t - 1] = z
@@ -165,17 +219,25 @@ class DDPM(nn.Module):
         """Draw n samples: z_T ~ N(0, I), then the reverse process to z_0.
 
         Returns:
-            (n, C, H, W) samples as pixels in [0, 1], and {k: z_k} for ``record_at`` (data
-            space, on the CPU) — the states DAED hands to its denoising autoencoders.
+            (n, C, H, W) samples as pixels in [0, 1], and {k: z_k} for ``record_at``
+            (data space, on the CPU) — the states DAED hands to its denoising
+            autoencoders.
         """
         if n < 1:
             raise ValueError(f"n must be positive, got {n}")
         device = self.betas.device
-        outs, recs = [], {k: [] for k in record_at}
+        outs: list[torch.Tensor] = []
+        recs: dict[int, list[torch.Tensor]] = {k: [] for k in record_at}
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             z = torch.randn((m, *self.image_shape), device=device, generator=generator)
-            x, rec = self.reverse(z, t_start=self.T, record_at=record_at, generator=generator, progress=progress)
+            x, rec = self.reverse(
+                z,
+                t_start=self.T,
+                record_at=record_at,
+                generator=generator,
+                progress=progress,
+            )
             outs.append(to_pixels(x).cpu())
             for k in record_at:
                 recs[k].append(rec[k].cpu())
@@ -190,7 +252,8 @@ class DDPM(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise pixel images to step t with q(z_t | x), then run the reverse process to 0.
+        """Noise pixel images to step t with q(z_t | x),
+        then run the reverse process to 0.
 
         This is observation 2 of Deja et al. (2022): does the backward process bring the
         image back, also for images unlike the training data?
@@ -212,7 +275,8 @@ class DDPM(nn.Module):
     def _check(self, z: torch.Tensor) -> None:
         if z.dim() != 4 or tuple(z.shape[1:]) != self.image_shape:
             raise ValueError(
-                f"expected states of shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(z.shape)}"
+                "expected states of shape (B, "
+                f"{', '.join(map(str, self.image_shape))}), got {tuple(z.shape)}"
             )
 
 
@@ -222,11 +286,12 @@ class DiffusionTrainConfig:
 
     Attributes:
         steps: gradient steps.
-        batch_size: images per step (drawn with replacement-free shuffles, epoch by epoch).
+        batch_size: images per step (drawn with replacement-free shuffles,
+            epoch by epoch).
         lr: AdamW learning rate (the authors: 1e-4 at batch 128 on Fashion-MNIST).
         weight_decay: AdamW weight decay.
-        ema_decay: decay of the exponential moving average of the weights that the trained
-            model ends up holding (the authors: 0.9999).
+        ema_decay: decay of the exponential moving average of the weights that the
+            trained model ends up holding (the authors: 0.9999).
         warmup_steps: linear learning-rate warm-up.
         seed: seed of the data order, the steps and the noise.
         progress: show a progress bar (None: see :mod:`companion.progress`).
@@ -242,15 +307,27 @@ class DiffusionTrainConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError(f"invalid DiffusionTrainConfig {self}: steps, batch_size >= 1, lr > 0, 0 <= ema_decay < 1")
+        if (
+            self.steps < 1
+            or self.batch_size < 1
+            or not self.lr > 0
+            or not 0 <= self.ema_decay < 1
+        ):
+            raise ValueError(
+                f"invalid DiffusionTrainConfig {self}: steps, batch_size >= 1, "
+                "lr > 0, 0 <= ema_decay < 1"
+            )
         if self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError(f"invalid DiffusionTrainConfig {self}: warmup_steps and weight_decay must be >= 0")
+            raise ValueError(
+                f"invalid DiffusionTrainConfig {self}: warmup_steps and weight_decay "
+                "must be >= 0"
+            )
 
 
 @dataclass
 class DiffusionHistory:
-    """Training record: the loss of every step (of the raw, not the EMA, weights) and the time."""
+    """Training record: the loss of every step (of the raw, not the EMA, weights)
+    and the time."""
 
     loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -258,11 +335,12 @@ class DiffusionHistory:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema ← decay · ema + (1 − decay) · model, parameter by parameter (buffers copied)."""
-    for e, p in zip(ema.parameters(), model.parameters()):
+    """ema ← decay · ema + (1 − decay) · model, parameter by parameter
+    (buffers copied)."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+    for buffer, source in zip(ema.buffers(), model.buffers(), strict=True):
+        buffer.copy_(source)
 
 
 def fit(
@@ -273,17 +351,26 @@ def fit(
     config: DiffusionTrainConfig,
     desc: str,
 ) -> DiffusionHistory:
-    """The training loop DDPMs and DAEs share: AdamW, warm-up, EMA; ``model`` ends with the
-    EMA weights. ``loss_fn(model, x, generator)`` gives the loss of a batch x in [−1, 1]."""
+    """The training loop DDPMs and DAEs share: AdamW, warm-up, EMA; ``model`` ends with
+    the EMA weights. ``loss_fn(model, x, generator)`` gives the loss of a batch x in
+    [−1, 1]."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
-    dev_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(config.seed)
+    dev_gen = (
+        gen
+        if device.type == "cpu"
+        else torch.Generator(device=device).manual_seed(config.seed)
+    )
     data = to_model_space(images).to(device)
     ema = copy.deepcopy(model).eval()
     ema.requires_grad_(False)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     warmup = max(config.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / warmup)
+    )
     history = DiffusionHistory()
     start = time.perf_counter()
     model.train()
@@ -305,7 +392,10 @@ def fit(
         if (step + 1) % 100 == 0 or step + 1 == config.steps:
             recent = torch.stack(losses[-100:]).mean().item()  # one sync per 100 steps
             if not math.isfinite(recent):
-                raise FloatingPointError(f"the training loss became {recent} near step {step}; lower the learning rate")
+                raise FloatingPointError(
+                    f"the training loss became {recent} near step {step}; lower the "
+                    "learning rate"
+                )
             bar.set_postfix(loss=f"{recent:.4f}")
     history.loss = torch.stack(losses).tolist()
     model.load_state_dict(ema.state_dict())
@@ -321,7 +411,8 @@ def train_ddpm(
     config: DiffusionTrainConfig,
     t_min: int = 1,
 ) -> DiffusionHistory:
-    """Train a DDPM with L_simple on ``images`` (pixels in [0, 1]); it ends with EMA weights.
+    """Train a DDPM with L_simple on ``images`` (pixels in [0, 1]);
+    it ends with EMA weights.
 
     Args:
         ddpm: the model, on the device training should run on.
@@ -332,5 +423,10 @@ def train_ddpm(
     check_images(images, shape=ddpm.image_shape)
     if not 1 <= t_min <= ddpm.T:
         raise ValueError(f"t_min must lie in 1..T = {ddpm.T}, got {t_min}")
-    return fit(ddpm, lambda m, x, g: m.loss(x, t_min=t_min, generator=g), images=images, config=config,
-               desc="training DDPM")
+    return fit(
+        ddpm,
+        lambda m, x, g: m.loss(x, t_min=t_min, generator=g),
+        images=images,
+        config=config,
+        desc="training DDPM",
+    )

@@ -1,4 +1,5 @@
-"""Images at the diffusion models' size: zero-padding instead of resampling where it fits."""
+"""Images at the diffusion models' size: zero-padding instead of resampling where it
+fits."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ def load_diffusion_images(*, name: str, split: str, image_size: int) -> ImageDat
     side = native.images.shape[-1]
     pad = image_size - side
     if pad > 0 and pad % 2 == 0 and pad <= side // 4:
-        return ImageData(images=F.pad(native.images, (pad // 2,) * 4).contiguous(), labels=native.labels)
+        return ImageData(
+            images=F.pad(native.images, (pad // 2,) * 4).contiguous(),
+            labels=native.labels,
+        )
     if pad == 0:
         return native
     return load_images(name=name, split=split, image_size=image_size)

@@ -14,13 +14,13 @@ backend's, so the two can be compared draw for draw in distribution:
   so NumPyro neither rescales the step size nor derives the step count from it); NUTS
   (``algorithm="nuts"``) chooses its own trajectory lengths instead;
 * per-chain step sizes adapted during warm-up only, by NumPyro's dual averaging
-  (Hoffman & Gelman, 2014, eq. 6, the same constants γ = 0.05, t₀ = 10, κ = 0.75) towards
-  the torch backend's target acceptance of 0.65 (:data:`TARGET_ACCEPTANCE`: optimal for
-  fixed-length HMC as the dimension grows, Beskos et al., 2013), then frozen at the
-  iterate average. We drive the adaptation ourselves, in one window over the whole
-  warm-up, instead of NumPyro's Stan-style windowed warm-up: its windows restart dual
-  averaging after each mass-matrix update, which we do not make, and would leave the
-  final step size to the short last window;
+  (Hoffman & Gelman, 2014, eq. 6, the same constants γ = 0.05, t₀ = 10, κ = 0.75)
+  towards the torch backend's target acceptance of 0.65 (:data:`TARGET_ACCEPTANCE`:
+  optimal for fixed-length HMC as the dimension grows, Beskos et al., 2013), then frozen
+  at the iterate average. We drive the adaptation ourselves, in one window over the
+  whole warm-up, instead of NumPyro's Stan-style windowed warm-up: its windows restart
+  dual averaging after each mass-matrix update, which we do not make, and would leave
+  the final step size to the short last window;
 * momenta are drawn here and handed to the kernel (``HMCState.r``), so that the energy
   error ΔH of every proposal is known exactly for the diagnostics.
 
@@ -40,14 +40,18 @@ import torch
 
 from companion.hmc.torch import TARGET_ACCEPTANCE
 
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch may share the GPU
+os.environ.setdefault(
+    "XLA_PYTHON_CLIENT_PREALLOCATE", "false"
+)  # torch may share the GPU
 try:
     import jax
     import jax.numpy as jnp
     from numpyro.infer.hmc import hmc
     from numpyro.infer.hmc_util import dual_averaging
 except ImportError as error:
-    raise ImportError('the NumPyro backend needs JAX and NumPyro: pip install "companion[numpyro]"') from error
+    raise ImportError(
+        'the NumPyro backend needs JAX and NumPyro: pip install "companion[numpyro]"'
+    ) from error
 
 from companion.hmc.jax_models import SUPPORTED_MODELS, PortedModel, port  # noqa: E402 (needs JAX)
 
@@ -73,7 +77,8 @@ class TransitionInfo(NamedTuple):
     Attributes:
         acceptance_rate: min(1, exp(−ΔH)) of HMC's proposal; NUTS: the tree's mean.
         energy_error: ΔH = H(proposal) − H(start) in nats (NUTS: of the chosen point).
-        divergent: ΔH above NumPyro's 1000 nats, or not finite (the proposal is rejected).
+        divergent: ΔH above NumPyro's 1000 nats, or not finite
+            (the proposal is rejected).
         num_steps: leapfrog steps (gradient evaluations) the transition took.
     """
 
@@ -97,31 +102,60 @@ class ChainResult(NamedTuple):
     info: TransitionInfo
 
 
-def _one_chain(log_joint, params, x, position, key, initial_step_size, target_acceptance, *,
-               num_warmup: int, num_transitions: int, num_steps: int, algorithm: str, max_tree_depth: int):
+def _one_chain(
+    log_joint,
+    params,
+    x,
+    position,
+    key,
+    initial_step_size,
+    target_acceptance,
+    *,
+    num_warmup: int,
+    num_transitions: int,
+    num_steps: int,
+    algorithm: str,
+    max_tree_depth: int,
+):
     """Warm up and sample one chain (vmapped over chains by :func:`_run`)."""
 
     def potential(z):
         return -log_joint(params, z, x)
 
-    init_kernel, sample_kernel = hmc(potential_fn=potential, algo=_NUMPYRO_ALGO[algorithm])
+    init_kernel, sample_kernel = hmc(
+        potential_fn=potential, algo=_NUMPYRO_ALGO[algorithm]
+    )
     key_init, key_warmup, key_sample = jax.random.split(key, 3)
     state = init_kernel(
-        position, 0, step_size=initial_step_size, adapt_step_size=False, adapt_mass_matrix=False,
-        num_steps=num_steps if algorithm == "hmc" else None, trajectory_length=None,
-        max_tree_depth=max_tree_depth, rng_key=key_init,
+        position,
+        0,
+        step_size=initial_step_size,
+        adapt_step_size=False,
+        adapt_mass_matrix=False,
+        num_steps=num_steps if algorithm == "hmc" else None,
+        trajectory_length=None,
+        max_tree_depth=max_tree_depth,
+        rng_key=key_init,
     )
-    state = state._replace(r=jnp.zeros_like(position))  # an array from now on: we supply the momenta
+    state = state._replace(
+        r=jnp.zeros_like(position)
+    )  # an array from now on: we supply the momenta
 
     def transition(state, key, step_size):
         momentum = jax.random.normal(key, jnp.shape(position), dtype=position.dtype)
-        state = state._replace(r=momentum, adapt_state=state.adapt_state._replace(step_size=step_size))
+        state = state._replace(
+            r=momentum, adapt_state=state.adapt_state._replace(step_size=step_size)
+        )
         energy_start = state.potential_energy + 0.5 * jnp.sum(momentum**2)
         new = sample_kernel(state)
         if algorithm == "hmc":
             # a proposal with acceptance probability < 1 may have been rejected (then
             # new.energy is the start's), but its ΔH is −ln α; α = 1 means it was taken
-            error = jnp.where(new.accept_prob < 1, -jnp.log(new.accept_prob), new.energy - energy_start)
+            error = jnp.where(
+                new.accept_prob < 1,
+                -jnp.log(new.accept_prob),
+                new.energy - energy_start,
+            )
         else:
             error = new.energy - energy_start
         info = TransitionInfo(new.accept_prob, error, new.diverging, new.num_steps)
@@ -142,17 +176,49 @@ def _one_chain(log_joint, params, x, position, key, initial_step_size, target_ac
     )
     if num_warmup:
         step_size = jnp.exp(adaptation[1]).astype(position.dtype)  # the iterate average
-    state, info = jax.lax.scan(lambda s, k: transition(s, k, step_size), state,
-                               jax.random.split(key_sample, num_transitions))
+    state, info = jax.lax.scan(
+        lambda s, k: transition(s, k, step_size),
+        state,
+        jax.random.split(key_sample, num_transitions),
+    )
     return state.z, step_size, info
 
 
-@partial(jax.jit, static_argnames=("log_joint", "num_warmup", "num_transitions", "num_steps", "algorithm",
-                                   "max_tree_depth"))
-def _run(log_joint, params, x, position, key, initial_step_size, target_acceptance, *, num_warmup,
-         num_transitions, num_steps, algorithm, max_tree_depth) -> ChainResult:
-    chain = partial(_one_chain, log_joint, num_warmup=num_warmup, num_transitions=num_transitions,
-                    num_steps=num_steps, algorithm=algorithm, max_tree_depth=max_tree_depth)
+@partial(
+    jax.jit,
+    static_argnames=(
+        "log_joint",
+        "num_warmup",
+        "num_transitions",
+        "num_steps",
+        "algorithm",
+        "max_tree_depth",
+    ),
+)
+def _run(
+    log_joint,
+    params,
+    x,
+    position,
+    key,
+    initial_step_size,
+    target_acceptance,
+    *,
+    num_warmup,
+    num_transitions,
+    num_steps,
+    algorithm,
+    max_tree_depth,
+) -> ChainResult:
+    chain = partial(
+        _one_chain,
+        log_joint,
+        num_warmup=num_warmup,
+        num_transitions=num_transitions,
+        num_steps=num_steps,
+        algorithm=algorithm,
+        max_tree_depth=max_tree_depth,
+    )
     keys = jax.random.split(key, position.shape[0])
     z, step_size, info = jax.vmap(chain, in_axes=(None, 0, 0, 0, None, None))(
         params, x, position, keys, initial_step_size, target_acceptance
@@ -180,8 +246,8 @@ def run_chains(
     One chain per row of ``position``, chain c targeting ln p(z) + ln p(x[c] | z).
 
     Args:
-        log_joint: ``log_joint(params, z, x)`` for one code z (d,) and one input -> scalar,
-            hashable (a :class:`PortedModel`'s ``log_joint``).
+        log_joint: ``log_joint(params, z, x)`` for one code z (d,) and one
+            input -> scalar, hashable (a :class:`PortedModel`'s ``log_joint``).
         params: the weights ``log_joint`` reads (a pytree of arrays).
         x: (C, *event) one input per chain.
         position: (C, d) starting points.
@@ -201,14 +267,29 @@ def run_chains(
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
     if num_warmup < 0 or num_transitions < 0 or num_steps < 1:
-        raise ValueError(f"need num_warmup, num_transitions >= 0 and num_steps >= 1, "
-                         f"got {num_warmup}, {num_transitions}, {num_steps}")
+        raise ValueError(
+            f"need num_warmup, num_transitions >= 0 and num_steps >= 1, "
+            f"got {num_warmup}, {num_transitions}, {num_steps}"
+        )
     if jnp.ndim(position) != 2 or jnp.shape(x)[0] != jnp.shape(position)[0]:
-        raise ValueError(f"position must be (chains, dimensions) with one input per chain, got position "
-                         f"{jnp.shape(position)} and x {jnp.shape(x)}")
-    return _run(log_joint, params, x, position, rng_key, initial_step_size, target_acceptance,
-                num_warmup=num_warmup, num_transitions=num_transitions, num_steps=num_steps,
-                algorithm=algorithm, max_tree_depth=max_tree_depth)
+        raise ValueError(
+            "position must be (chains, dimensions) with one input per chain, got "
+            f"position {jnp.shape(position)} and x {jnp.shape(x)}"
+        )
+    return _run(
+        log_joint,
+        params,
+        x,
+        position,
+        rng_key,
+        initial_step_size,
+        target_acceptance,
+        num_warmup=num_warmup,
+        num_transitions=num_transitions,
+        num_steps=num_steps,
+        algorithm=algorithm,
+        max_tree_depth=max_tree_depth,
+    )
 
 
 def run_model_chains(
@@ -228,7 +309,8 @@ def run_model_chains(
     """:func:`run_chains` on a PyTorch model's posterior, from PyTorch tensors.
 
     Args:
-        model: a :data:`SUPPORTED_MODELS` instance; its current weights are copied to JAX.
+        model: a :data:`SUPPORTED_MODELS` instance;
+            its current weights are copied to JAX.
         x: (C, *event) one input per chain (moved to the CPU / JAX's default device).
         position: (C, d) starting codes.
         seed: seeds the JAX PRNG key (``jax.random.key(seed)``).
@@ -238,15 +320,23 @@ def run_model_chains(
         A :class:`ChainResult` of JAX arrays (``np.asarray`` them for PyTorch).
 
     Raises:
-        TypeError: a model the backend cannot port (the message lists the supported ones).
+        TypeError: a model the backend cannot port
+            (the message lists the supported ones).
     """
     ported = port(model)
     as_jax = lambda t: jnp.asarray(t.detach().cpu().numpy())  # noqa: E731
     z0 = as_jax(position)
     return run_chains(
-        ported.log_joint, ported.params, as_jax(x).astype(z0.dtype), z0, rng_key=jax.random.key(seed),
-        num_warmup=num_warmup, num_transitions=num_transitions, num_steps=num_steps,
-        initial_step_size=initial_step_size, target_acceptance=target_acceptance, algorithm=algorithm,
+        ported.log_joint,
+        ported.params,
+        as_jax(x).astype(z0.dtype),
+        z0,
+        rng_key=jax.random.key(seed),
+        num_warmup=num_warmup,
+        num_transitions=num_transitions,
+        num_steps=num_steps,
+        initial_step_size=initial_step_size,
+        target_acceptance=target_acceptance,
+        algorithm=algorithm,
         max_tree_depth=max_tree_depth,
     )
-

@@ -3,7 +3,9 @@
 The shape follows NumPyro and BlackJAX: pure functions over typed states,
 
     state = init(position, logdensity_fn)
-    state, info = step(state, logdensity_fn=..., step_size=..., num_steps=..., generator=...)
+    state, info = step(
+        state, logdensity_fn=..., step_size=..., num_steps=..., generator=...
+    )
 
 with an :class:`HMCInfo` per transition (acceptance probability, acceptance, energy
 error, divergence). Why not NumPyro or BlackJAX here: the chains must run on the same
@@ -43,8 +45,9 @@ __all__ = [
 LogDensityFn = Callable[[torch.Tensor], torch.Tensor]
 
 # Beskos et al. (2013) show that HMC's cost per independent sample is lowest at an
-# acceptance rate of about 0.65 as the dimension grows; NUTS-style samplers use 0.8 because
-# their trajectories adapt in length. Ours are of fixed length, so we aim for 0.65.
+# acceptance rate of about 0.65 as the dimension grows; NUTS-style samplers use 0.8
+# because their trajectories adapt in length. Ours are of fixed length,
+# so we aim for 0.65.
 TARGET_ACCEPTANCE = 0.65
 # A proposal whose energy error exceeds this (nats) is divergent: rejected and reported.
 MAX_ENERGY_ERROR = 1_000.0
@@ -95,7 +98,7 @@ class DualAveragingState(NamedTuple):
     log_step_avg: torch.Tensor
     h_bar: torch.Tensor
     mu: torch.Tensor
-    count: int
+    count: int  # type: ignore[assignment]  # the public field shadows tuple.count
 
     @property
     def step_size(self) -> torch.Tensor:
@@ -103,21 +106,28 @@ class DualAveragingState(NamedTuple):
         return self.log_step_avg.exp()
 
 
-def _value_and_grad(logdensity_fn: LogDensityFn, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _value_and_grad(
+    logdensity_fn: LogDensityFn, position: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         x = position.detach().requires_grad_(True)
         value = logdensity_fn(x)
         if value.shape != position.shape[:1]:
-            raise ValueError(f"logdensity_fn must return one value per chain {tuple(position.shape[:1])}, "
-                             f"got {tuple(value.shape)}")
+            raise ValueError(
+                "logdensity_fn must return one value per chain "
+                f"{tuple(position.shape[:1])}, got {tuple(value.shape)}"
+            )
         (grad,) = torch.autograd.grad(value.sum(), x)
     return value.detach(), grad.detach()
 
 
 def init(position: torch.Tensor, logdensity_fn: LogDensityFn) -> HMCState:
-    """Start C chains at ``position`` (C, d); evaluates the log density and its gradient once."""
+    """Start C chains at ``position`` (C, d);
+    evaluates the log density and its gradient once."""
     if position.dim() != 2:
-        raise ValueError(f"position must be (chains, dimensions), got shape {tuple(position.shape)}")
+        raise ValueError(
+            f"position must be (chains, dimensions), got shape {tuple(position.shape)}"
+        )
     if not torch.isfinite(position).all():
         raise ValueError("initial positions must be finite")
     value, grad = _value_and_grad(logdensity_fn, position)
@@ -125,11 +135,18 @@ def init(position: torch.Tensor, logdensity_fn: LogDensityFn) -> HMCState:
 
 
 def leapfrog(
-    state: HMCState, momentum: torch.Tensor, *, logdensity_fn: LogDensityFn, step_size: torch.Tensor, num_steps: int
+    state: HMCState,
+    momentum: torch.Tensor,
+    *,
+    logdensity_fn: LogDensityFn,
+    step_size: torch.Tensor,
+    num_steps: int,
 ) -> tuple[HMCState, torch.Tensor]:
-    """``num_steps`` leapfrog steps of size ``step_size`` (C, 1) with unit mass: (state, momentum).
+    """``num_steps`` leapfrog steps of size ``step_size`` (C, 1) with unit mass:
+    (state, momentum).
 
-    Costs exactly ``num_steps`` gradient evaluations: it starts from the cached gradient.
+    Costs exactly ``num_steps`` gradient evaluations:
+    it starts from the cached gradient.
     """
     position, grad, value = state.position, state.grad, state.log_density
     p = momentum + 0.5 * step_size * grad
@@ -148,31 +165,60 @@ def step(
     num_steps: int,
     generator: torch.Generator | None = None,
 ) -> tuple[HMCState, HMCInfo]:
-    """One HMC transition of every chain: fresh momenta, leapfrog, Metropolis accept/reject.
+    """One HMC transition of every chain: fresh momenta, leapfrog,
+    Metropolis accept/reject.
 
     Args:
         state: the chains' :class:`HMCState`.
-        logdensity_fn: (C, d) -> (C,) log target density (up to a constant), differentiable.
+        logdensity_fn: (C, d) -> (C,) log target density (up to a constant),
+            differentiable.
         step_size: a float or per-chain (C,) leapfrog step sizes.
         num_steps: leapfrog steps per transition (>= 1).
-        generator: torch generator for momenta and accept decisions (on the chains' device).
+        generator: torch generator for momenta and accept decisions
+            (on the chains' device).
 
     Returns:
-        The new state and its :class:`HMCInfo`. Rejected or divergent chains keep their state.
+        The new state and its :class:`HMCInfo`. Rejected or divergent chains keep their
+        state.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     position = state.position
-    eps = torch.as_tensor(step_size, dtype=position.dtype, device=position.device).expand(position.shape[0])
-    momentum = torch.randn(position.shape, generator=generator, dtype=position.dtype, device=position.device)
-    proposal, p_new = leapfrog(state, momentum, logdensity_fn=logdensity_fn, step_size=eps[:, None],
-                               num_steps=num_steps)
+    eps = torch.as_tensor(
+        step_size, dtype=position.dtype, device=position.device
+    ).expand(position.shape[0])
+    momentum = torch.randn(
+        position.shape,
+        generator=generator,
+        dtype=position.dtype,
+        device=position.device,
+    )
+    proposal, p_new = leapfrog(
+        state,
+        momentum,
+        logdensity_fn=logdensity_fn,
+        step_size=eps[:, None],
+        num_steps=num_steps,
+    )
     h_old = -state.log_density + 0.5 * (momentum**2).sum(-1)
     h_new = -proposal.log_density + 0.5 * (p_new**2).sum(-1)
-    energy_error = torch.where(torch.isfinite(h_new), h_new - h_old, torch.full_like(h_new, math.inf))
-    divergent = ~(energy_error.abs() <= MAX_ENERGY_ERROR) | ~torch.isfinite(proposal.grad).all(-1)
-    acceptance = torch.where(divergent, torch.zeros_like(energy_error), torch.exp(-energy_error).clamp(max=1.0))
-    u = torch.rand(acceptance.shape, generator=generator, dtype=acceptance.dtype, device=acceptance.device)
+    energy_error = torch.where(
+        torch.isfinite(h_new), h_new - h_old, torch.full_like(h_new, math.inf)
+    )
+    divergent = ~(energy_error.abs() <= MAX_ENERGY_ERROR) | ~torch.isfinite(
+        proposal.grad
+    ).all(-1)
+    acceptance = torch.where(
+        divergent,
+        torch.zeros_like(energy_error),
+        torch.exp(-energy_error).clamp(max=1.0),
+    )
+    u = torch.rand(
+        acceptance.shape,
+        generator=generator,
+        dtype=acceptance.dtype,
+        device=acceptance.device,
+    )
     accepted = (u < acceptance) & ~divergent
     new_state = HMCState(
         position=torch.where(accepted[:, None], proposal.position, state.position),
@@ -185,7 +231,13 @@ def step(
 def dual_averaging_init(step_size: torch.Tensor) -> DualAveragingState:
     """Start adapting from initial step sizes ε₀, (C,)."""
     log_step = step_size.log()
-    return DualAveragingState(log_step, log_step.clone(), torch.zeros_like(log_step), math.log(10.0) + log_step, 0)
+    return DualAveragingState(
+        log_step,
+        log_step.clone(),
+        torch.zeros_like(log_step),
+        math.log(10.0) + log_step,
+        0,
+    )
 
 
 def dual_averaging_update(
@@ -197,7 +249,8 @@ def dual_averaging_update(
     t0: float = 10.0,
     kappa: float = 0.75,
 ) -> DualAveragingState:
-    """One dual-averaging update of every chain's step size towards ``target`` acceptance.
+    """One dual-averaging update of every chain's step size towards ``target``
+    acceptance.
 
     Hoffman & Gelman (2014), eq. (6): h̄ ← (1 − 1/(t+t₀)) h̄ + (δ − α)/(t+t₀);
     ln ε ← μ − √t h̄ / γ; ln ε̄ ← t^(−κ) ln ε + (1 − t^(−κ)) ln ε̄.
@@ -249,20 +302,44 @@ def run_chains(
         generator: torch generator of the chains' randomness.
     """
     if num_warmup < 0 or num_transitions < 0:
-        raise ValueError(f"num_warmup and num_transitions must be >= 0, got {num_warmup}, {num_transitions}")
+        raise ValueError(
+            f"num_warmup and num_transitions must be >= 0, got {num_warmup}, "
+            f"{num_transitions}"
+        )
     state = init(position, logdensity_fn)
-    step_size = torch.full(position.shape[:1], initial_step_size, dtype=position.dtype, device=position.device)
+    step_size = torch.full(
+        position.shape[:1],
+        initial_step_size,
+        dtype=position.dtype,
+        device=position.device,
+    )
     adaptation = dual_averaging_init(step_size)
     for _ in range(num_warmup):
-        state, info = step(state, logdensity_fn=logdensity_fn, step_size=adaptation.log_step.exp(),
-                           num_steps=num_steps, generator=generator)
-        adaptation = dual_averaging_update(adaptation, info.acceptance_rate, target=target_acceptance)
+        state, info = step(
+            state,
+            logdensity_fn=logdensity_fn,
+            step_size=adaptation.log_step.exp(),
+            num_steps=num_steps,
+            generator=generator,
+        )
+        adaptation = dual_averaging_update(
+            adaptation, info.acceptance_rate, target=target_acceptance
+        )
     if num_warmup:
         step_size = adaptation.step_size
     infos = []
     for _ in range(num_transitions):
-        state, info = step(state, logdensity_fn=logdensity_fn, step_size=step_size, num_steps=num_steps,
-                           generator=generator)
+        state, info = step(
+            state,
+            logdensity_fn=logdensity_fn,
+            step_size=step_size,
+            num_steps=num_steps,
+            generator=generator,
+        )
         infos.append(info)
-    stacked = HMCInfo(*(torch.stack(f) for f in zip(*infos))) if infos else HMCInfo(*(torch.empty(0, len(position)),) * 4)
+    stacked = (
+        HMCInfo(*(torch.stack(f) for f in zip(*infos, strict=True)))
+        if infos
+        else HMCInfo(*(torch.empty(0, len(position)),) * 4)
+    )
     return ChainResult(state, step_size, stacked)

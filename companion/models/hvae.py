@@ -15,17 +15,18 @@ of x (the NVAE / very-deep-VAE pattern; Vahdat & Kautz 2020, Child 2021):
 a *residual* parameterisation relative to the prior (Δμ = 0, Δσ = 1 reproduces it).
 
 The decoder reads every group (skip connections from all latents to the output, as in
-the ladder VAE and BIVA) rather than the top-down state alone. On the book's 16×16 digits
-that choice, with default rather than zero initialisation of the heads, was worth about
-1.5 nats of test NLL: the state-only decoder with zero-initialised heads (q = p at the
-start) settled on codes of about 5 nats against the plain VAE's 10.
+the ladder VAE and BIVA) rather than the top-down state alone. On the book's 16×16
+digits that choice, with default rather than zero initialisation of the heads, was worth
+about 1.5 nats of test NLL: the state-only decoder with zero-initialised heads (q = p at
+the start) settled on codes of about 5 nats against the plain VAE's 10.
 
 The model shares the single-layer VAE's interface: codes are flat vectors z of shape
-(..., z_dim) with z_dim = Σ group sizes (:meth:`HierarchicalVAE.split` gives the groups),
-``decode(z)`` is p(x | z), ``log_joint(z, x)`` is Σ_l ln p(z_l | z_{>l}) + ln p(x | z) (what
-HMC targets), and ``encode(x)`` returns a :class:`HierarchicalPosterior` that samples,
-scores and lists its per-group Gaussians. ``kl_groups(q, z)`` gives each group's KL along
-a sampled path: the objectives read per-group KL from it without recomputation.
+(..., z_dim) with z_dim = Σ group sizes (:meth:`HierarchicalVAE.split` gives the
+groups), ``decode(z)`` is p(x | z), ``log_joint(z, x)`` is Σ_l ln p(z_l | z_{>l}) + ln
+p(x | z) (what HMC targets), and ``encode(x)`` returns a :class:`HierarchicalPosterior`
+that samples, scores and lists its per-group Gaussians. ``kl_groups(q, z)`` gives each
+group's KL along a sampled path: the objectives read per-group KL from it without
+recomputation.
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl_divergence
 import torch.nn.functional as F
+from torch import nn
+from torch.distributions import (
+    Bernoulli,
+    Distribution,
+    Independent,
+    Normal,
+    kl_divergence,
+)
 
 from companion.data import check_images
 from companion.models.conv import ConvDecoder, ConvEncoder, check_architecture
@@ -53,7 +60,8 @@ class HVAEConfig:
     Attributes:
         image_size: side of the square single-channel input, in pixels.
         z_dims: size of each latent group, top first (group 0 is z_L).
-        channels: stride-2 convolutions of the bottom-up trunk (the decoder mirrors them).
+        channels: stride-2 convolutions of the bottom-up trunk
+            (the decoder mirrors them).
         width: width of the deterministic bottom-up features and top-down state.
     """
 
@@ -64,7 +72,10 @@ class HVAEConfig:
 
     def __post_init__(self) -> None:
         if not self.z_dims or min(self.z_dims) < 1 or self.width < 1:
-            raise ValueError(f"invalid HVAEConfig {self}: need at least one group, sizes >= 1, width >= 1")
+            raise ValueError(
+                f"invalid HVAEConfig {self}: need at least one group, sizes >= 1, "
+                "width >= 1"
+            )
         check_architecture(image_size=self.image_size, channels=self.channels)
 
 
@@ -86,18 +97,27 @@ class HierarchicalVAE(nn.Module):
         self.config = config
         width, sizes = config.width, config.z_dims
         self.trunk = ConvEncoder(image_size=config.image_size, channels=config.channels)
-        self.trunk_head = nn.Sequential(nn.Linear(self.trunk.out_features, width), nn.SiLU())
-        # bottom-up residual blocks: block i makes the features of group L-1-i (bottom first)
+        self.trunk_head = nn.Sequential(
+            nn.Linear(self.trunk.out_features, width), nn.SiLU()
+        )
+        # bottom-up residual blocks: block i makes the features of group L-1-i
+        # (bottom first)
         self.bottom_up = nn.ModuleList(_mlp(width, width, width) for _ in sizes)
         self.state0 = nn.Parameter(torch.zeros(width))
         # prior heads for groups 1..L-1 (group 0, the top, has the fixed N(0, I) prior)
         self.prior_heads = nn.ModuleList(nn.Linear(width, 2 * d) for d in sizes[1:])
-        self.posterior_heads = nn.ModuleList(_mlp(2 * width, 2 * d, width) for d in sizes)
+        self.posterior_heads = nn.ModuleList(
+            _mlp(2 * width, 2 * d, width) for d in sizes
+        )
         # the state carries each group's information to the groups below it
         self.state_updates = nn.ModuleList(_mlp(d, width, width) for d in sizes[:-1])
-        self.decoder = ConvDecoder(image_size=config.image_size, channels=config.channels, in_features=sum(sizes))
+        self.decoder = ConvDecoder(
+            image_size=config.image_size,
+            channels=config.channels,
+            in_features=sum(sizes),
+        )
 
-    # --- shapes -------------------------------------------------------------------------
+    # --- shapes -----------------------------------------------------------------------
 
     @property
     def z_dims(self) -> tuple[int, ...]:
@@ -116,15 +136,20 @@ class HierarchicalVAE(nn.Module):
         return (1, self.config.image_size, self.config.image_size)
 
     def split(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """Flat codes (..., z_dim) -> the groups [(..., d_0), ..., (..., d_{L-1})], top first."""
+        """Flat codes (..., z_dim) -> the groups [(..., d_0), ..., (..., d_{L-1})],
+        top first."""
         if z.shape[-1] != self.z_dim:
-            raise ValueError(f"codes must have {self.z_dim} entries in their last axis, got {tuple(z.shape)}")
+            raise ValueError(
+                f"codes must have {self.z_dim} entries in their last axis, got "
+                f"{tuple(z.shape)}"
+            )
         return list(z.split(self.config.z_dims, dim=-1))
 
-    # --- the two passes -----------------------------------------------------------------
+    # --- the two passes ---------------------------------------------------------------
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Bottom-up features of images x (B, 1, H, W): one (B, width) tensor per group, top first."""
+        """Bottom-up features of images x (B, 1, H, W): one (B, width) tensor per group,
+        top first."""
         check_images(x, shape=self.image_shape)
         h = self.trunk_head(self.trunk(x))
         feats = []
@@ -140,10 +165,17 @@ class HierarchicalVAE(nn.Module):
         mean, raw = self.prior_heads[i - 1](state).chunk(2, dim=-1)
         return _gaussian(mean, F.softplus(raw + _SOFTPLUS_ONE) + _MIN_STD)
 
-    def _posterior_group(self, i: int, prior: Independent, state: torch.Tensor, feat: torch.Tensor) -> Independent:
+    def _posterior_group(
+        self, i: int, prior: Independent, state: torch.Tensor, feat: torch.Tensor
+    ) -> Independent:
         feat = feat.expand(*state.shape[:-1], feat.shape[-1])
-        d_mean, d_raw = self.posterior_heads[i](torch.cat([state, feat], dim=-1)).chunk(2, dim=-1)
-        return _gaussian(prior.mean + d_mean, prior.stddev * F.softplus(d_raw + _SOFTPLUS_ONE) + _MIN_STD)
+        d_mean, d_raw = self.posterior_heads[i](torch.cat([state, feat], dim=-1)).chunk(
+            2, dim=-1
+        )
+        return _gaussian(
+            prior.mean + d_mean,
+            prior.stddev * F.softplus(d_raw + _SOFTPLUS_ONE) + _MIN_STD,
+        )
 
     def top_down(
         self,
@@ -161,17 +193,22 @@ class HierarchicalVAE(nn.Module):
             batch_shape: leading shape of the codes, e.g. (S, B).
             feats: bottom-up features (per group, (B, width)); ``None`` for the prior.
             z: flat codes (*batch_shape, z_dim) to follow (``mode="given"``).
-            mode: ``given`` (follow ``z``), ``rsample`` (draw each group from q, or from the
-                prior when ``feats`` is None, with reparameterisation), or ``mean`` (take
-                each group's mean: the deterministic encoding).
+            mode: ``given`` (follow ``z``), ``rsample`` (draw each group from q, or from
+                the prior when ``feats`` is None, with reparameterisation), or ``mean``
+                (take each group's mean: the deterministic encoding).
             temperature: multiplies the prior's standard deviations when sampling it.
-            generator: torch generator of the noise in ``rsample`` mode (default: global).
+            generator: torch generator of the noise in ``rsample`` mode
+                (default: global).
 
         Returns:
-            (z (*batch_shape, z_dim), priors, posteriors) with one distribution per group
-            (posteriors empty when ``feats`` is None).
+            (z (*batch_shape, z_dim), priors, posteriors) with one distribution per
+            group (posteriors empty when ``feats`` is None).
         """
-        groups = self.split(z) if mode == "given" else None
+        groups: list[torch.Tensor] = []
+        if mode == "given":
+            if z is None:
+                raise ValueError("mode='given' follows the codes z: pass z")
+            groups = self.split(z)
         state = self.state0.expand(*batch_shape, self.config.width)
         zs, priors, posteriors = [], [], []
         for i in range(self.n_groups):
@@ -188,36 +225,47 @@ class HierarchicalVAE(nn.Module):
             elif mode == "rsample":
                 base = source.base_dist
                 scale = base.scale * (temperature if feats is None else 1.0)
-                noise = torch.randn(base.loc.shape, generator=generator, dtype=base.loc.dtype, device=base.loc.device)
+                noise = torch.randn(
+                    base.loc.shape,
+                    generator=generator,
+                    dtype=base.loc.dtype,
+                    device=base.loc.device,
+                )
                 z_i = base.loc + scale * noise
             else:
-                raise ValueError(f"mode must be 'given', 'rsample' or 'mean', got {mode!r}")
+                raise ValueError(
+                    f"mode must be 'given', 'rsample' or 'mean', got {mode!r}"
+                )
             zs.append(z_i)
             if i < self.n_groups - 1:
                 state = state + self.state_updates[i](z_i)
         return torch.cat(zs, dim=-1), priors, posteriors
 
-    # --- the shared interface -------------------------------------------------------------
+    # --- the shared interface ---------------------------------------------------------
 
-    def encode(self, x: torch.Tensor) -> "HierarchicalPosterior":
-        """q(z | x) for images x (B, 1, H, W) in [0, 1]; see :class:`HierarchicalPosterior`."""
+    def encode(self, x: torch.Tensor) -> HierarchicalPosterior:
+        """q(z | x) for images x (B, 1, H, W) in [0, 1];
+        see :class:`HierarchicalPosterior`."""
         return HierarchicalPosterior(self, self.features(x))
 
     def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x | z) for flat codes z (..., z_dim): batch shape (...), event (1, H, W)."""
+        """p(x | z) for flat codes z (..., z_dim):
+        batch shape (...), event (1, H, W)."""
         self.split(z)  # checks the code size
         return Independent(Bernoulli(logits=self.decoder(z), validate_args=False), 3)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """ln p(z) = Σ_l ln p(z_l | z_{>l}) for flat codes (..., z_dim) -> (...,)."""
         _, priors, _ = self.top_down(batch_shape=z.shape[:-1], z=z)
-        return sum(p.log_prob(g) for p, g in zip(priors, self.split(z)))
+        return sum(p.log_prob(g) for p, g in zip(priors, self.split(z), strict=True))
 
     def log_joint(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """ln p(z) + ln p(x | z): z (..., z_dim), x (..., 1, H, W) -> (...,)."""
         return self.log_prior(z) + self.decode(z).log_prob(x)
 
-    def kl_groups(self, q: "HierarchicalPosterior", z: torch.Tensor) -> list[torch.Tensor]:
+    def kl_groups(
+        self, q: HierarchicalPosterior, z: torch.Tensor
+    ) -> list[torch.Tensor]:
         """KL[q(z_l | x, z_{>l}) ‖ p(z_l | z_{>l})] of every group along the path z.
 
         Args:
@@ -225,21 +273,37 @@ class HierarchicalVAE(nn.Module):
             z: flat codes (*S, B, z_dim), usually ``q.rsample((S,))``.
 
         Returns:
-            One (*S, B) tensor per group, top first, in nats; their sum over groups is the
-            ELBO's KL term (one-sample estimate over the upper groups, analytic per group).
+            One (*S, B) tensor per group, top first, in nats; their sum over groups is
+            the ELBO's KL term (one-sample estimate over the upper groups,
+            analytic per group).
         """
-        _, priors, posteriors = self.top_down(batch_shape=z.shape[:-1], feats=q.feats, z=z)
-        return [kl_divergence(qi, pi) for qi, pi in zip(posteriors, priors)]
+        _, priors, posteriors = self.top_down(
+            batch_shape=z.shape[:-1], feats=q.feats, z=z
+        )
+        return [
+            kl_divergence(qi, pi) for qi, pi in zip(posteriors, priors, strict=True)
+        ]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x | z) at the posterior's mean path: (B, 1, H, W) in [0, 1]."""
-        return torch.sigmoid(self.decode(self.encode(x).mean).base_dist.logits)
+        return self.decode(self.encode(x).mean).mean  # sigmoid of the logits
 
     @torch.no_grad()
-    def sample(self, n: int, *, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Mean images of p(x | z) for n codes drawn top-down from the prior with its
         standard deviations scaled by ``temperature``: (n, 1, H, W)."""
-        z, _, _ = self.top_down(batch_shape=(n,), mode="rsample", temperature=temperature, generator=generator)
+        z, _, _ = self.top_down(
+            batch_shape=(n,),
+            mode="rsample",
+            temperature=temperature,
+            generator=generator,
+        )
         return torch.sigmoid(self.decoder(z))
 
 
@@ -261,36 +325,55 @@ class HierarchicalPosterior:
 
     def _path(self) -> tuple[torch.Tensor, list[Independent]]:
         if self._mean_path is None:
-            z, _, posteriors = self.model.top_down(batch_shape=self.batch_shape, feats=self.feats, mode="mean")
+            z, _, posteriors = self.model.top_down(
+                batch_shape=self.batch_shape, feats=self.feats, mode="mean"
+            )
             self._mean_path = (z, posteriors)
         return self._mean_path
 
     @property
     def mean(self) -> torch.Tensor:
-        """The codes of the mean path: each group's posterior mean given the means above, (B, z_dim)."""
+        """The codes of the mean path: each group's posterior mean given the means
+        above, (B, z_dim)."""
         return self._path()[0]
 
     @property
     def groups(self) -> list[Independent]:
-        """q(z_l | x, z_{>l} = mean path) for every group, top first; batch (B,), event (d_l,)."""
+        """q(z_l | x, z_{>l} = mean path) for every group, top first;
+        batch (B,), event (d_l,)."""
         return self._path()[1]
 
     def rsample(
-        self, sample_shape: torch.Size | tuple[int, ...] = (), *, generator: torch.Generator | None = None
+        self,
+        sample_shape: torch.Size | tuple[int, ...] = (),
+        *,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Reparameterised codes (*sample_shape, B, z_dim), drawn group by group top-down
-        (with ``generator``'s noise when given, else the global generator's)."""
-        z, _, _ = self.model.top_down(batch_shape=(*sample_shape, *self.batch_shape), feats=self.feats,
-                                      mode="rsample", generator=generator)
+        """Reparameterised codes (*sample_shape, B, z_dim), drawn group by group
+        top-down (with ``generator``'s noise when given,
+        else the global generator's)."""
+        z, _, _ = self.model.top_down(
+            batch_shape=(*sample_shape, *self.batch_shape),
+            feats=self.feats,
+            mode="rsample",
+            generator=generator,
+        )
         return z
 
     def sample(
-        self, sample_shape: torch.Size | tuple[int, ...] = (), *, generator: torch.Generator | None = None
+        self,
+        sample_shape: torch.Size | tuple[int, ...] = (),
+        *,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """ln q(z | x) for flat codes (..., B, z_dim) -> (..., B)."""
-        _, _, posteriors = self.model.top_down(batch_shape=z.shape[:-1], feats=self.feats, z=z)
-        return sum(q.log_prob(g) for q, g in zip(posteriors, self.model.split(z)))
+        _, _, posteriors = self.model.top_down(
+            batch_shape=z.shape[:-1], feats=self.feats, z=z
+        )
+        return sum(
+            q.log_prob(g) for q, g in zip(posteriors, self.model.split(z), strict=True)
+        )

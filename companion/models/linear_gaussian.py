@@ -1,4 +1,5 @@
-"""The linear-Gaussian latent-variable model (probabilistic PCA): the book's ground truth.
+"""The linear-Gaussian latent-variable model (probabilistic PCA):
+the book's ground truth.
 
     p(z) = N(0, I_d),    p(x | z) = N(W z + μ, σ² I_D)
 
@@ -16,7 +17,13 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import (
+    Distribution,
+    Independent,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 
 __all__ = ["LinearGaussian", "DiagonalLinearEncoder", "as_multivariate", "fit_ppca"]
 
@@ -30,11 +37,18 @@ class LinearGaussian(nn.Module):
         noise_std: σ > 0 (a scalar).
     """
 
-    def __init__(self, *, weight: torch.Tensor, bias: torch.Tensor, noise_std: float | torch.Tensor) -> None:
+    def __init__(
+        self,
+        *,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        noise_std: float | torch.Tensor,
+    ) -> None:
         super().__init__()
         if weight.dim() != 2 or bias.shape != (weight.shape[0],):
             raise ValueError(
-                f"weight must be (D, d) and bias (D,); got {tuple(weight.shape)} and {tuple(bias.shape)}"
+                f"weight must be (D, d) and bias (D,); got {tuple(weight.shape)} and "
+                f"{tuple(bias.shape)}"
             )
         noise_std = torch.as_tensor(noise_std, dtype=weight.dtype)
         if not bool(noise_std > 0):
@@ -45,11 +59,18 @@ class LinearGaussian(nn.Module):
 
     @classmethod
     def random(
-        cls, *, x_dim: int, z_dim: int, noise_std: float, generator: torch.Generator | None = None,
+        cls,
+        *,
+        x_dim: int,
+        z_dim: int,
+        noise_std: float,
+        generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
-    ) -> "LinearGaussian":
+    ) -> LinearGaussian:
         """A model with W ~ N(0, 1/d) entries and μ ~ N(0, 1)."""
-        weight = torch.randn(x_dim, z_dim, generator=generator, dtype=dtype) / math.sqrt(z_dim)
+        weight = torch.randn(
+            x_dim, z_dim, generator=generator, dtype=dtype
+        ) / math.sqrt(z_dim)
         bias = torch.randn(x_dim, generator=generator, dtype=dtype)
         return cls(weight=weight, bias=bias, noise_std=noise_std)
 
@@ -96,7 +117,9 @@ class LinearGaussian(nn.Module):
         m = self.weight.T @ self.weight + var * eye
         mean = torch.linalg.solve(m, self.weight.T @ (x - self.bias).T).T
         cov = var * torch.linalg.inv(m)
-        return MultivariateNormal(mean, covariance_matrix=cov.expand(*mean.shape[:-1], -1, -1))
+        return MultivariateNormal(
+            mean, covariance_matrix=cov.expand(*mean.shape[:-1], -1, -1)
+        )
 
     def kl_from_posterior(self, q: Distribution, x: torch.Tensor) -> torch.Tensor:
         """Exact KL[q(z) ‖ p(z | x)] for a Gaussian q with batch shape (B,): (B,) nats.
@@ -107,7 +130,8 @@ class LinearGaussian(nn.Module):
         return kl_divergence(as_multivariate(q), self.posterior(x))
 
     def mean_field_gap(self) -> torch.Tensor:
-        """min over diagonal Gaussians q of KL[q ‖ p(z | x)], the same for every x (nats).
+        """min over diagonal Gaussians q of KL[q ‖ p(z | x)],
+        the same for every x (nats).
 
         The posterior precision is Λ = M / σ²; the best diagonal q matches the posterior
         mean with variances 1/Λ_ii, leaving ½ Σ_i ln Λ_ii − ½ ln det Λ.
@@ -116,24 +140,31 @@ class LinearGaussian(nn.Module):
         precision = (self.weight.T @ self.weight) / self.noise_std**2 + eye
         return 0.5 * (precision.diagonal().log().sum() - torch.logdet(precision))
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ancestral sampling: returns (x (n, D), z (n, d))."""
         with torch.no_grad():
             z = torch.randn(n, self.z_dim, generator=generator, dtype=self.weight.dtype)
-            eps = torch.randn(n, self.x_dim, generator=generator, dtype=self.weight.dtype)
+            eps = torch.randn(
+                n, self.x_dim, generator=generator, dtype=self.weight.dtype
+            )
             x = z @ self.weight.T + self.bias + self.noise_std * eps
         return x, z
 
 
 class DiagonalLinearEncoder(nn.Module):
-    """An amortised mean-field encoder q(z|x) = N(A x + c, diag(s²)) with s shared over x.
+    """An amortised mean-field encoder q(z|x) = N(A x + c, diag(s²)),
+    with s shared over x.
 
-    For the linear-Gaussian model this family contains the exact posterior mean, but not its
-    full covariance: the ELBO gap that remains at the optimum is the mean-field
+    For the linear-Gaussian model this family contains the exact posterior mean, but not
+    its full covariance: the ELBO gap that remains at the optimum is the mean-field
     (approximation) gap, computable exactly.
     """
 
-    def __init__(self, *, x_dim: int, z_dim: int, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self, *, x_dim: int, z_dim: int, dtype: torch.dtype = torch.float64
+    ) -> None:
         super().__init__()
         self.mean = nn.Linear(x_dim, z_dim, dtype=dtype)
         self.log_std = nn.Parameter(torch.zeros(z_dim, dtype=dtype))
@@ -148,13 +179,21 @@ def as_multivariate(q: Distribution) -> MultivariateNormal:
     """A diagonal ``Independent(Normal)`` as the equal ``MultivariateNormal``."""
     if isinstance(q, MultivariateNormal):
         return q
-    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+    if (
+        isinstance(q, Independent)
+        and isinstance(q.base_dist, Normal)
+        and q.reinterpreted_batch_ndims == 1
+    ):
         return MultivariateNormal(q.mean, scale_tril=torch.diag_embed(q.stddev))
-    raise ValueError(f"expected a Gaussian (Independent Normal or MultivariateNormal), got {type(q).__name__}")
+    raise ValueError(
+        "expected a Gaussian (Independent Normal or MultivariateNormal), got "
+        f"{type(q).__name__}"
+    )
 
 
 def fit_ppca(x: torch.Tensor, *, z_dim: int) -> LinearGaussian:
-    """Closed-form maximum-likelihood fit of probabilistic PCA (Tipping & Bishop, 1999, eq. 7–8).
+    """Closed-form maximum-likelihood fit of probabilistic PCA
+    (Tipping & Bishop, 1999, eq. 7–8).
 
     Args:
         x: data, shape (N, D), N > D is not required.

@@ -1,4 +1,5 @@
-"""A small UNet for diffusion models (Ho et al., 2020, appendix B; Nichol & Dhariwal, 2021).
+"""A small UNet for diffusion models
+(Ho et al., 2020, appendix B; Nichol & Dhariwal, 2021).
 
 The network maps a noisy image z_t and its step t to an image-shaped output (the
 predicted noise ε for a DDPM, the clean image for a denoising autoencoder). Its shape is
@@ -6,8 +7,8 @@ the DDPM one, kept small: a sinusoidal time embedding fed to every residual bloc
 stack of resolution levels (``res_blocks`` residual blocks each, then a stride-2
 downsampling), self-attention at the resolutions listed in ``attention_resolutions``, a
 middle block (residual, attention, residual) and the mirror-image upsampling path with
-skip connections. The authors' Fashion-MNIST model has 64 base channels, 3 residual blocks
-per level and dropout 0.3.
+skip connections. The authors' Fashion-MNIST model has 64 base channels, 3 residual
+blocks per level and dropout 0.3.
 
 Square inputs whose side is divisible by 2^(levels − 1) work: 8×8 to 32×32 with the
 book's settings (28×28 images are zero-padded to 32×32 by the data loader).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,8 @@ class UNetConfig:
     Attributes:
         image_size: side of the square input images.
         in_channels: image channels (1 for grey images).
-        channels: base channel count (a multiple of 8: group normalisation uses 8 groups).
+        channels: base channel count (a multiple of 8:
+            group normalisation uses 8 groups).
         channel_mults: channel multiplier of each resolution level, finest first; there
             are ``len(channel_mults) − 1`` downsamplings.
         res_blocks: residual blocks per level on the way down (one more on the way up).
@@ -50,20 +53,31 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.channels < 8 or self.channels % 8:
-            raise ValueError(f"channels must be a positive multiple of 8, got {self.channels}")
+            raise ValueError(
+                f"channels must be a positive multiple of 8, got {self.channels}"
+            )
         if not self.channel_mults or any(m < 1 for m in self.channel_mults):
-            raise ValueError(f"channel_mults must be positive integers, got {self.channel_mults}")
+            raise ValueError(
+                f"channel_mults must be positive integers, got {self.channel_mults}"
+            )
         if self.res_blocks < 1 or not 0 <= self.dropout < 1 or self.in_channels < 1:
-            raise ValueError(f"invalid UNetConfig {self}: res_blocks >= 1, 0 <= dropout < 1, in_channels >= 1")
+            raise ValueError(
+                f"invalid UNetConfig {self}: res_blocks >= 1, 0 <= dropout < 1, "
+                "in_channels >= 1"
+            )
         factor = 2 ** (len(self.channel_mults) - 1)
         if self.image_size < factor or self.image_size % factor:
             raise ValueError(
-                f"image_size {self.image_size} is not divisible by 2^(levels - 1) = {factor}; pad the images "
-                "(companion.diffusion.load_diffusion_images pads 28×28 to 32×32) or use fewer levels"
+                f"image_size {self.image_size} is not divisible by "
+                f"2^(levels - 1) = {factor}; pad the images "
+                "(companion.diffusion.load_diffusion_images pads 28×28 to 32×32) or "
+                "use fewer levels"
             )
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10_000.0) -> torch.Tensor:
+def timestep_embedding(
+    t: torch.Tensor, dim: int, *, max_period: float = 10_000.0
+) -> torch.Tensor:
     """Sinusoidal embedding of steps (Vaswani et al., 2017, as in the DDPM code).
 
     Args:
@@ -74,9 +88,21 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10_000.
         (B, dim) float32 embedding: cosines then sines of t at geometric frequencies.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period)
+        * torch.arange(half, device=t.device, dtype=torch.float32)
+        / half
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _zero_init(conv: nn.Conv2d) -> nn.Conv2d:
+    """Zero the weights and bias of ``conv`` (a block then starts as the identity)."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
 
 
 class _ResBlock(nn.Module):
@@ -87,9 +113,8 @@ class _ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, c_out)
         self.norm2 = nn.GroupNorm(8, c_out)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
-        nn.init.zeros_(self.conv2.bias)
+        # each block starts as the identity
+        self.conv2 = _zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -106,22 +131,22 @@ class _Attention(nn.Module):
         super().__init__()
         self.norm = nn.GroupNorm(8, c)
         self.qkv = nn.Conv2d(c, 3 * c, 1)
-        self.proj = nn.Conv2d(c, c, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = _zero_init(nn.Conv2d(c, c, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        )
         return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
 
 
 class UNet(nn.Module):
     """ε-prediction (or x-prediction) network of a diffusion model.
 
-    ``forward(x, t)``: x (B, C, H, W) with H = W = ``config.image_size``; t (B,) steps or
-    a scalar shared by the batch. Returns (B, C, H, W).
+    ``forward(x, t)``: x (B, C, H, W) with H = W = ``config.image_size``; t (B,) steps
+    or a scalar shared by the batch. Returns (B, C, H, W).
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -129,7 +154,9 @@ class UNet(nn.Module):
         self.config = config
         ch = config.channels
         emb_dim = 4 * ch
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.stem = nn.Conv2d(config.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -137,22 +164,33 @@ class UNet(nn.Module):
         size, c = config.image_size, ch
         for level, mult in enumerate(config.channel_mults):
             for _ in range(config.res_blocks):
-                block = nn.ModuleList([_ResBlock(c, ch * mult, emb_dim, config.dropout)])
+                block = nn.ModuleList(
+                    [_ResBlock(c, ch * mult, emb_dim, config.dropout)]
+                )
                 c = ch * mult
                 if size in config.attention_resolutions:
                     block.append(_Attention(c))
                 self.down.append(block)
                 skips.append(c)
             if level < len(config.channel_mults) - 1:
-                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+                self.down.append(
+                    nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)])
+                )
                 skips.append(c)
                 size //= 2
-        self.mid = nn.ModuleList([_ResBlock(c, c, emb_dim, config.dropout), _Attention(c),
-                                  _ResBlock(c, c, emb_dim, config.dropout)])
+        self.mid = nn.ModuleList(
+            [
+                _ResBlock(c, c, emb_dim, config.dropout),
+                _Attention(c),
+                _ResBlock(c, c, emb_dim, config.dropout),
+            ]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mults))):
             for i in range(config.res_blocks + 1):
-                block = nn.ModuleList([_ResBlock(c + skips.pop(), ch * mult, emb_dim, config.dropout)])
+                block = nn.ModuleList(
+                    [_ResBlock(c + skips.pop(), ch * mult, emb_dim, config.dropout)]
+                )
                 c = ch * mult
                 if size in config.attention_resolutions:
                     block.append(_Attention(c))
@@ -161,9 +199,11 @@ class UNet(nn.Module):
                     block.append(nn.Conv2d(c, c, 3, padding=1))
                     size *= 2
                 self.up.append(block)
-        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, config.in_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.out = nn.Sequential(
+            nn.GroupNorm(8, c),
+            nn.SiLU(),
+            _zero_init(nn.Conv2d(c, config.in_channels, 3, padding=1)),
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -172,24 +212,32 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(
-                f"UNet expects inputs of shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}"
+                "UNet expects inputs of shape (B, "
+                f"{', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}"
             )
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be a scalar or have shape ({x.shape[0]},), got "
+                f"{tuple(t.shape)}"
+            )
         emb = self.time_mlp(timestep_embedding(t, self.config.channels))
         h = self.stem(x)
         hs = [h]
         for block in self.down:
-            for layer in block:
-                h = layer(h, emb) if isinstance(layer, _ResBlock) else layer(h)
+            h = _run_block(block, h, emb)
             hs.append(h)
-        for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, _ResBlock) else layer(h)
+        h = _run_block(self.mid, h, emb)
         for block in self.up:
-            h = torch.cat([h, hs.pop()], dim=1)
-            for layer in block:
-                h = layer(h, emb) if isinstance(layer, _ResBlock) else layer(h)
+            h = _run_block(block, torch.cat([h, hs.pop()], dim=1), emb)
         return self.out(h)
+
+
+def _run_block(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """The layers of one block in order; residual blocks also read the embedding."""
+    # every block of the UNet is an nn.ModuleList, which iterates as plain Modules
+    for layer in cast(nn.ModuleList, block):
+        h = layer(h, emb) if isinstance(layer, _ResBlock) else layer(h)
+    return h

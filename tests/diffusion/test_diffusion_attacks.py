@@ -1,5 +1,6 @@
-"""Tests for companion.diffusion.attacks: the two denoisers as differentiable maps with their
-noise made explicit, the attack through them, the output-shift score, and bad input."""
+"""Tests for companion.diffusion.attacks: the two denoisers as differentiable maps with
+their noise made explicit, the attack through them, the output-shift score,
+and bad input."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ import torch
 
 from companion.attacks import AttackConfig, random_noise
 from companion.diffusion import DDPM, DenoisingAutoencoder, make_schedule
-from companion.diffusion.attacks import Denoiser, denoiser_attack, draw_noise, noise_spread, output_shift
+from companion.diffusion.attacks import (
+    Denoiser,
+    denoiser_attack,
+    draw_noise,
+    noise_spread,
+    output_shift,
+)
 from companion.models.unet import UNet, UNetConfig
 
-CONFIG = UNetConfig(image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=())
+CONFIG = UNetConfig(
+    image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=()
+)
 T = 30
 
 
 def _net() -> UNet:
-    """A UNet whose output depends on its input (a fresh one starts at exactly zero noise)."""
+    """A UNet whose output depends on its input
+    (a fresh one starts at exactly zero noise)."""
     torch.manual_seed(0)
     net = UNet(CONFIG)
     with torch.no_grad():
@@ -37,7 +47,7 @@ def _images(n: int = 6) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
-def test_the_autoencoder_denoiser_is_the_daes_own_denoise_with_its_noise_made_explicit() -> None:
+def test_autoencoder_denoiser_is_the_daes_denoise_with_explicit_noise() -> None:
     dae = _dae()
     denoiser = Denoiser.autoencoder(dae)
     assert denoiser.k == dae.k and denoiser.reverse_steps == 0
@@ -46,12 +56,14 @@ def test_the_autoencoder_denoiser_is_the_daes_own_denoise_with_its_noise_made_ex
     torch.testing.assert_close(denoiser(_images(), noise=noise), expected)
 
 
-def test_the_backward_denoiser_is_the_ddpms_own_denoise_with_its_noise_made_explicit() -> None:
+def test_backward_denoiser_is_the_ddpms_denoise_with_explicit_noise() -> None:
     ddpm = _ddpm()
     denoiser = Denoiser.backward(ddpm, k=5)
     noise = draw_noise(denoiser, batch=6, generator=torch.Generator().manual_seed(4))
     assert noise.start.shape == (6, 1, 8, 8) and noise.steps.shape == (4, 6, 1, 8, 8)
-    _, expected = ddpm.denoise(_images(), t=5, generator=torch.Generator().manual_seed(4), progress=False)
+    _, expected = ddpm.denoise(
+        _images(), t=5, generator=torch.Generator().manual_seed(4), progress=False
+    )
     torch.testing.assert_close(denoiser(_images(), noise=noise), expected)
 
 
@@ -64,38 +76,79 @@ def test_reverse_step_wants_noise_at_every_step_but_the_last() -> None:
 
 
 @pytest.mark.parametrize("kind", ["autoencoder", "backward"])
-def test_the_attack_stays_feasible_beats_random_noise_and_reports_its_own_objective(kind: str) -> None:
-    denoiser = Denoiser.autoencoder(_dae()) if kind == "autoencoder" else Denoiser.backward(_ddpm(), k=4)
+def test_the_attack_stays_feasible_beats_random_noise_and_reports_its_own_objective(
+    kind: str,
+) -> None:
+    denoiser = (
+        Denoiser.autoencoder(_dae())
+        if kind == "autoencoder"
+        else Denoiser.backward(_ddpm(), k=4)
+    )
     x = _images()
     config = AttackConfig(radius=0.1, steps=10, restarts=2)
-    result, noise = denoiser_attack(denoiser, x, config=config, eot_samples=2, generator=torch.Generator().manual_seed(0))
+    result, noise = denoiser_attack(
+        denoiser,
+        x,
+        config=config,
+        eot_samples=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert noise.start.shape == (2, 6, 1, 8, 8)
-    assert (result.x_adv - x).abs().max() <= 0.1 + 1e-6 and 0 <= result.x_adv.min() and result.x_adv.max() <= 1
-    # Scored under the draws it was tuned to, the shift is the objective: mean over draws of Σ pixels².
+    assert (
+        (result.x_adv - x).abs().max() <= 0.1 + 1e-6
+        and 0 <= result.x_adv.min()
+        and result.x_adv.max() <= 1
+    )
+    # Scored under the draws it was tuned to, the shift is the objective: mean over
+    # draws of Σ pixels².
     tuned = output_shift(denoiser, clean=x, attacked=result.x_adv, noise=noise)
-    torch.testing.assert_close(tuned.pow(2) * 64, result.objective, rtol=1e-4, atol=1e-6)
-    noisy = random_noise(x, like=result.x_adv, norm="linf", generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        tuned.pow(2) * 64, result.objective, rtol=1e-4, atol=1e-6
+    )
+    noisy = random_noise(
+        x, like=result.x_adv, norm="linf", generator=torch.Generator().manual_seed(1)
+    )
     random_shift = output_shift(denoiser, clean=x, attacked=noisy, noise=noise)
     assert (tuned > random_shift).all()
 
 
-def test_the_attack_is_reproducible_from_its_generator_and_leaves_the_model_as_it_was() -> None:
+def test_attack_is_reproducible_from_its_generator_and_leaves_the_model_as_is() -> None:
     dae = _dae()
     dae.train()
     config = AttackConfig(radius=0.05, steps=3, restarts=1)
-    a, _ = denoiser_attack(Denoiser.autoencoder(dae), _images(), config=config, generator=torch.Generator().manual_seed(2))
-    b, _ = denoiser_attack(Denoiser.autoencoder(dae), _images(), config=config, generator=torch.Generator().manual_seed(2))
+    a, _ = denoiser_attack(
+        Denoiser.autoencoder(dae),
+        _images(),
+        config=config,
+        generator=torch.Generator().manual_seed(2),
+    )
+    b, _ = denoiser_attack(
+        Denoiser.autoencoder(dae),
+        _images(),
+        config=config,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert torch.equal(a.x_adv, b.x_adv)
     assert dae.training and all(p.requires_grad for p in dae.parameters())
 
 
-def test_output_shift_separates_what_the_perturbation_did_from_what_the_noise_does() -> None:
+def test_output_shift_separates_the_perturbations_effect_from_the_noises() -> None:
     denoiser = Denoiser.backward(_ddpm(), k=6)
     x = _images()
-    shift = output_shift(denoiser, clean=x, attacked=x, draws=3, generator=torch.Generator().manual_seed(0))
+    shift = output_shift(
+        denoiser,
+        clean=x,
+        attacked=x,
+        draws=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.all(shift == 0)  # same images, same draws: nothing moved
-    assert torch.all(noise_spread(denoiser, x, draws=3) > 0)  # independent draws: the backward process's own spread
-    deterministic = Denoiser.autoencoder(_dae(beta_1=1e-4))  # k = 1: ε enters scaled by √(1 − ᾱ_1) ≈ 0.06
+    assert torch.all(
+        noise_spread(denoiser, x, draws=3) > 0
+    )  # independent draws: the backward process's own spread
+    deterministic = Denoiser.autoencoder(
+        _dae(beta_1=1e-4)
+    )  # k = 1: ε enters scaled by √(1 − ᾱ_1) ≈ 0.06
     assert noise_spread(deterministic, x, draws=2).max() < 0.05
 
 

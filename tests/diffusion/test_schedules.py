@@ -1,4 +1,5 @@
-"""Tests for companion.diffusion.schedules: β schedules, ᾱ, SNR, the split step, q(z_t | x)."""
+"""Tests for companion.diffusion.schedules: β schedules, ᾱ, SNR, the split step,
+q(z_t | x)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ import math
 import pytest
 import torch
 
-from companion.diffusion.schedules import (Schedule, cosine_betas, linear_betas, make_schedule, q_sample,
-                                           scaled_linear_betas, split_step)
+from companion.diffusion.schedules import (
+    Schedule,
+    cosine_betas,
+    linear_betas,
+    make_schedule,
+    q_sample,
+    scaled_linear_betas,
+    split_step,
+)
 
 
 def test_linear_schedule_has_ho_et_al_endpoints_at_t_1000() -> None:
@@ -18,17 +26,36 @@ def test_linear_schedule_has_ho_et_al_endpoints_at_t_1000() -> None:
     assert bool((b.diff() > 0).all())
 
 
-def test_scaled_linear_equals_ho_et_al_at_1000_and_keeps_total_noise_at_other_t() -> None:
+def test_scaled_linear_equals_ho_et_al_at_1000_and_keeps_total_noise_at_other_t() -> (
+    None
+):
     assert torch.allclose(scaled_linear_betas(1000), linear_betas(1000))
     for T in (100, 200, 500):
-        assert scaled_linear_betas(T).sum().item() == pytest.approx(linear_betas(1000).sum().item(), rel=0.01)
+        assert scaled_linear_betas(T).sum().item() == pytest.approx(
+            linear_betas(1000).sum().item(), rel=0.01
+        )
 
 
-@pytest.mark.parametrize(("name", "T"), [("linear", 21), ("linear", 200), ("linear", 1000),
-                                         ("cosine", 2), ("cosine", 200), ("cosine", 1000)])
-def test_alpha_bar_and_snr_fall_monotonically_and_are_float32(name: str, T: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "T"),
+    [
+        ("linear", 21),
+        ("linear", 200),
+        ("linear", 1000),
+        ("cosine", 2),
+        ("cosine", 200),
+        ("cosine", 1000),
+    ],
+)
+def test_alpha_bar_and_snr_fall_monotonically_and_are_float32(
+    name: str, T: int
+) -> None:
     s = make_schedule(name, T)
-    assert s.T == T and s.alpha_bars.dtype == torch.float32 and s.snr.dtype == torch.float32
+    assert (
+        s.T == T
+        and s.alpha_bars.dtype == torch.float32
+        and s.snr.dtype == torch.float32
+    )
     assert bool((s.alpha_bars.diff() < 0).all()) and bool((s.snr.diff() < 0).all())
     assert 0 < s.alpha_bars[-1] < s.alpha_bars[0] < 1
 
@@ -36,7 +63,9 @@ def test_alpha_bar_and_snr_fall_monotonically_and_are_float32(name: str, T: int)
 def test_snr_equals_the_closed_form_at_listed_steps() -> None:
     s = make_schedule("linear", 1000)
     for t in (1, 10, 100, 500, 1000):
-        a = math.prod(1 - (1e-4 + (s_ - 1) * (0.02 - 1e-4) / 999) for s_ in range(1, t + 1))
+        a = math.prod(
+            1 - (1e-4 + (s_ - 1) * (0.02 - 1e-4) / 999) for s_ in range(1, t + 1)
+        )
         assert s.alpha_bars[t - 1].item() == pytest.approx(a, rel=1e-5)
         assert s.snr[t - 1].item() == pytest.approx(a / (1 - a), rel=1e-4)
     # Step 1 of Ho et al.'s schedule: ᾱ_1 = 1 − 10⁻⁴, SNR = 9999.
@@ -75,7 +104,9 @@ def test_betas_outside_zero_one_are_rejected() -> None:
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 @pytest.mark.parametrize("beta_1", [0.2, 0.1, 0.05, 0.025, 0.001])
-def test_split_step_is_the_first_step_whose_cumulative_noise_reaches_beta_1(name: str, beta_1: float) -> None:
+def test_split_step_is_the_first_step_whose_cumulative_noise_reaches_beta_1(
+    name: str, beta_1: float
+) -> None:
     s = make_schedule(name, 1000)
     k = split_step(s, beta_1)
     noise = 1 - s.alpha_bars.double()

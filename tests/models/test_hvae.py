@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal
 import torch.nn.functional as F
+from torch.distributions import Independent, Normal
 
 from companion.models import HierarchicalVAE, HVAEConfig
 from companion.objectives import elbo, iwae_bound
@@ -18,19 +18,27 @@ B, S = 5, 3
 
 def _model(z_dims: tuple[int, ...], *, seed: int = 0) -> HierarchicalVAE:
     torch.manual_seed(seed)
-    model = HierarchicalVAE(HVAEConfig(image_size=8, z_dims=z_dims, channels=(8, 16), width=16))
-    with torch.no_grad():  # larger weights than at initialisation: every term non-trivial
+    model = HierarchicalVAE(
+        HVAEConfig(image_size=8, z_dims=z_dims, channels=(8, 16), width=16)
+    )
+    with (
+        torch.no_grad()
+    ):  # larger weights than at initialisation: every term non-trivial
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return model
 
 
 def _images(seed: int = 1) -> torch.Tensor:
-    return torch.rand(B, 1, 8, 8, generator=torch.Generator().manual_seed(seed)).bernoulli()
+    return torch.rand(
+        B, 1, 8, 8, generator=torch.Generator().manual_seed(seed)
+    ).bernoulli()
 
 
 @pytest.mark.parametrize("z_dims", [(3,), (2, 3), (2, 3, 4)], ids=["L=1", "L=2", "L=3"])
-def test_shapes_of_every_method_for_one_to_three_groups(z_dims: tuple[int, ...]) -> None:
+def test_shapes_of_every_method_for_one_to_three_groups(
+    z_dims: tuple[int, ...],
+) -> None:
     model, x = _model(z_dims), _images()
     total = sum(z_dims)
     q = model.encode(x)
@@ -38,9 +46,15 @@ def test_shapes_of_every_method_for_one_to_three_groups(z_dims: tuple[int, ...])
     assert model.z_dim == total and model.n_groups == len(z_dims)
     assert z.shape == (S, B, total) and q.log_prob(z).shape == (S, B)
     assert q.mean.shape == (B, total)
-    assert [g.batch_shape + g.event_shape for g in q.groups] == [torch.Size([B, d]) for d in z_dims]
+    assert [g.batch_shape + g.event_shape for g in q.groups] == [
+        torch.Size([B, d]) for d in z_dims
+    ]
     assert [kl.shape for kl in model.kl_groups(q, z)] == [(S, B)] * len(z_dims)
-    assert model.decode(z).batch_shape == (S, B) and model.decode(z).event_shape == (1, 8, 8)
+    assert model.decode(z).batch_shape == (S, B) and model.decode(z).event_shape == (
+        1,
+        8,
+        8,
+    )
     assert model.log_joint(z, x).shape == (S, B) and model.log_prior(z).shape == (S, B)
     assert [g.shape[-1] for g in model.split(z)] == list(z_dims)
     assert model.sample(4).shape == (4, 1, 8, 8)
@@ -79,10 +93,16 @@ def test_log_joint_matches_a_direct_computation_for_two_groups() -> None:
     with torch.no_grad():
         state = model.state0 + model.state_updates[0](z0)
         mean, raw = model.prior_heads[0](state).chunk(2, dim=-1)
-        prior1 = Independent(Normal(mean, F.softplus(raw + 0.5413248546129181) + 1e-4), 1)
+        prior1 = Independent(
+            Normal(mean, F.softplus(raw + 0.5413248546129181) + 1e-4), 1
+        )
         logits = model.decoder(z)  # the decoder reads every group
-        log_prior = Independent(Normal(torch.zeros(2), 1.0), 1).log_prob(z0) + prior1.log_prob(z1)
-        log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum((-3, -2, -1))
+        log_prior = Independent(Normal(torch.zeros(2), 1.0), 1).log_prob(
+            z0
+        ) + prior1.log_prob(z1)
+        log_lik = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum((-3, -2, -1))
         torch.testing.assert_close(model.log_joint(z, x), log_prior + log_lik)
         torch.testing.assert_close(model.log_prior(z), log_prior)
         torch.testing.assert_close(model.decode(z).log_prob(x), log_lik)
@@ -95,7 +115,7 @@ def test_posterior_log_prob_scores_its_own_samples_consistently() -> None:
     q = model.encode(x)
     z = q.sample((S,))
     _, _, posteriors = model.top_down(batch_shape=(S, B), feats=q.feats, z=z)
-    direct = sum(p.log_prob(g) for p, g in zip(posteriors, model.split(z)))
+    direct = sum(p.log_prob(g) for p, g in zip(posteriors, model.split(z), strict=True))
     torch.testing.assert_close(q.log_prob(z), direct)
 
 

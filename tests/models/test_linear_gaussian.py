@@ -1,5 +1,5 @@
-"""Tests for companion.models.linear_gaussian: exact p(x) and p(z|x), the closed-form PPCA
-fit, and the mean-field encoder."""
+"""Tests for companion.models.linear_gaussian: exact p(x) and p(z|x), the closed-form
+PPCA fit, and the mean-field encoder."""
 
 from __future__ import annotations
 
@@ -7,14 +7,25 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Laplace, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import (
+    Independent,
+    Laplace,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 
 from companion.models import DiagonalLinearEncoder, LinearGaussian, fit_ppca
 
 
-def _model(x_dim: int, z_dim: int, noise_std: float = 0.5, seed: int = 0) -> LinearGaussian:
+def _model(
+    x_dim: int, z_dim: int, noise_std: float = 0.5, seed: int = 0
+) -> LinearGaussian:
     return LinearGaussian.random(
-        x_dim=x_dim, z_dim=z_dim, noise_std=noise_std, generator=torch.Generator().manual_seed(seed)
+        x_dim=x_dim,
+        z_dim=z_dim,
+        noise_std=noise_std,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -31,27 +42,35 @@ def test_log_marginal_equals_numerical_integration_over_a_scalar_latent() -> Non
     with torch.no_grad():
         log_joint = model.log_joint(z[:, None, None], x)  # (G, B)
         # trapezoid rule on p(x, z) in log space; the tails beyond ±12 are negligible
-        trap = torch.cat([log_joint[:1] - math.log(2), log_joint[1:-1], log_joint[-1:] - math.log(2)])
+        trap = torch.cat(
+            [log_joint[:1] - math.log(2), log_joint[1:-1], log_joint[-1:] - math.log(2)]
+        )
         integral = torch.logsumexp(trap, dim=0) + math.log(dz)
         exact = model.log_marginal(x)
     torch.testing.assert_close(exact, integral, atol=1e-8, rtol=0)
 
 
 @pytest.mark.parametrize("z_dim", [1, 2, 3])
-def test_bayes_identity_ln_p_x_equals_ln_p_z_plus_ln_p_x_given_z_minus_ln_p_z_given_x(z_dim: int) -> None:
+def test_bayes_identity_ln_p_x_equals_ln_p_z_plus_ln_p_x_given_z_minus_ln_p_z_given_x(
+    z_dim: int,
+) -> None:
     model = _model(x_dim=5, z_dim=z_dim, seed=z_dim)
     gen = torch.Generator().manual_seed(10 + z_dim)
     x, _ = model.sample(4, generator=gen)
     with torch.no_grad():
         expected = model.log_marginal(x)
-        for _ in range(3):  # any z gives the same answer, including ones far from the posterior
+        for _ in range(
+            3
+        ):  # any z gives the same answer, including ones far from the posterior
             z = 3 * torch.randn(4, z_dim, generator=gen, dtype=torch.float64)
             via_bayes = model.log_joint(z, x) - model.posterior(x).log_prob(z)
             torch.testing.assert_close(via_bayes, expected, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("z_dim", [1, 3])
-def test_posterior_matches_conditioning_the_joint_gaussian_of_z_and_x(z_dim: int) -> None:
+def test_posterior_matches_conditioning_the_joint_gaussian_of_z_and_x(
+    z_dim: int,
+) -> None:
     model = _model(x_dim=6, z_dim=z_dim, noise_std=0.4, seed=2)
     x, _ = model.sample(7, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -65,7 +84,9 @@ def test_posterior_matches_conditioning_the_joint_gaussian_of_z_and_x(z_dim: int
         post = model.posterior(x)
     assert post.batch_shape == (7,) and post.event_shape == (z_dim,)
     torch.testing.assert_close(post.mean, mean, atol=1e-10, rtol=0)
-    torch.testing.assert_close(post.covariance_matrix, cov.expand(7, -1, -1), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        post.covariance_matrix, cov.expand(7, -1, -1), atol=1e-10, rtol=0
+    )
 
 
 def test_marginal_covariance_matches_the_covariance_of_ancestral_samples() -> None:
@@ -85,7 +106,9 @@ def ppca_data() -> tuple[LinearGaussian, torch.Tensor]:
     return true, x
 
 
-def test_ppca_fit_is_at_least_as_likely_as_the_true_model_on_its_training_data(ppca_data) -> None:
+def test_ppca_fit_is_at_least_as_likely_as_the_true_model_on_its_training_data(
+    ppca_data,
+) -> None:
     true, x = ppca_data
     fitted = fit_ppca(x, z_dim=2)
     assert _mean_log_likelihood(fitted, x) >= _mean_log_likelihood(true, x)
@@ -99,7 +122,9 @@ def test_ppca_fit_is_a_stationary_point_of_the_log_likelihood(ppca_data) -> None
         assert p.grad.abs().max() < 1e-8, name
 
 
-def test_ppca_fit_is_at_least_as_good_as_gradient_ascent_from_a_random_start(ppca_data) -> None:
+def test_ppca_fit_is_at_least_as_good_as_gradient_ascent_from_a_random_start(
+    ppca_data,
+) -> None:
     _, x = ppca_data
     fitted = fit_ppca(x, z_dim=2)
     learned = _model(x_dim=6, z_dim=2, noise_std=1.0, seed=8)
@@ -111,7 +136,9 @@ def test_ppca_fit_is_at_least_as_good_as_gradient_ascent_from_a_random_start(ppc
         optimiser.step()
     best, reached = _mean_log_likelihood(fitted, x), _mean_log_likelihood(learned, x)
     assert best >= reached - 1e-9
-    assert best - reached < 0.05  # gradient ascent gets close, so the comparison is meaningful
+    assert (
+        best - reached < 0.05
+    )  # gradient ascent gets close, so the comparison is meaningful
 
 
 def test_ppca_fit_recovers_the_marginal_covariance_from_many_samples() -> None:
@@ -124,7 +151,9 @@ def test_ppca_fit_recovers_the_marginal_covariance_from_many_samples() -> None:
     # entry-wise sampling error ~ sqrt(2 / n) · scale ≈ 0.01 here
     torch.testing.assert_close(c_fit, c_true, atol=0.05, rtol=0)
     assert abs(float(fitted.noise_std.detach()) - 0.5) < 0.02
-    torch.testing.assert_close(fitted.bias.detach(), true.bias.detach(), atol=0.04, rtol=0)
+    torch.testing.assert_close(
+        fitted.bias.detach(), true.bias.detach(), atol=0.04, rtol=0
+    )
 
 
 def test_ppca_fit_returns_float64_for_float32_data(ppca_data) -> None:
@@ -142,7 +171,9 @@ def test_ppca_fit_returns_float64_for_float32_data(ppca_data) -> None:
         (torch.randn(10, 4), 4, r"1\.\.3"),
     ],
 )
-def test_ppca_fit_rejects_bad_shapes_and_latent_sizes(x: torch.Tensor, z_dim: int, message: str) -> None:
+def test_ppca_fit_rejects_bad_shapes_and_latent_sizes(
+    x: torch.Tensor, z_dim: int, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         fit_ppca(x, z_dim=z_dim)
 
@@ -156,7 +187,9 @@ def test_ppca_fit_rejects_bad_shapes_and_latent_sizes(x: torch.Tensor, z_dim: in
     ],
     ids=["weight-1d", "bias-length", "bias-2d"],
 )
-def test_linear_gaussian_rejects_mismatched_weight_and_bias(weight, bias, noise_std) -> None:
+def test_linear_gaussian_rejects_mismatched_weight_and_bias(
+    weight, bias, noise_std
+) -> None:
     with pytest.raises(ValueError, match=r"\(D, d\)"):
         LinearGaussian(weight=weight, bias=bias, noise_std=noise_std)
 
@@ -164,7 +197,9 @@ def test_linear_gaussian_rejects_mismatched_weight_and_bias(weight, bias, noise_
 @pytest.mark.parametrize("noise_std", [0.0, -1.0])
 def test_linear_gaussian_rejects_a_non_positive_noise_scale(noise_std: float) -> None:
     with pytest.raises(ValueError, match="positive"):
-        LinearGaussian(weight=torch.zeros(3, 1), bias=torch.zeros(3), noise_std=noise_std)
+        LinearGaussian(
+            weight=torch.zeros(3, 1), bias=torch.zeros(3), noise_std=noise_std
+        )
 
 
 def test_model_shapes_follow_the_shared_interface() -> None:
@@ -194,10 +229,14 @@ def test_diagonal_linear_encoder_can_represent_the_exact_posterior_mean() -> Non
     encoder = DiagonalLinearEncoder(x_dim=5, z_dim=2)
     with torch.no_grad():
         w, mu, var = model.weight, model.bias, model.noise_std**2
-        a = torch.linalg.solve(w.T @ w + var * torch.eye(2, dtype=w.dtype), w.T)  # M⁻¹ Wᵀ
+        a = torch.linalg.solve(
+            w.T @ w + var * torch.eye(2, dtype=w.dtype), w.T
+        )  # M⁻¹ Wᵀ
         encoder.mean.weight.copy_(a)
         encoder.mean.bias.copy_(-a @ mu)
-        torch.testing.assert_close(encoder(x).mean, model.posterior(x).mean, atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            encoder(x).mean, model.posterior(x).mean, atol=1e-10, rtol=0
+        )
 
 
 def _posterior_precision(model: LinearGaussian, x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +244,9 @@ def _posterior_precision(model: LinearGaussian, x: torch.Tensor) -> torch.Tensor
         return torch.linalg.inv(model.posterior(x).covariance_matrix)
 
 
-def test_kl_from_posterior_is_zero_for_the_posterior_and_the_elbo_gap_otherwise() -> None:
+def test_kl_from_posterior_is_zero_for_the_posterior_and_the_elbo_gap_otherwise() -> (
+    None
+):
     model = _model(x_dim=5, z_dim=2, seed=12)
     x, _ = model.sample(4, generator=torch.Generator().manual_seed(13))
     gen = torch.Generator().manual_seed(14)
@@ -214,8 +255,14 @@ def test_kl_from_posterior_is_zero_for_the_posterior_and_the_elbo_gap_otherwise(
     diagonal = Independent(Normal(mean, std), 1)
     with torch.no_grad():
         as_full = MultivariateNormal(mean, covariance_matrix=torch.diag_embed(std**2))
-        torch.testing.assert_close(model.kl_from_posterior(diagonal, x), kl_divergence(as_full, model.posterior(x)))
-        torch.testing.assert_close(model.kl_from_posterior(model.posterior(x), x), torch.zeros(4, dtype=torch.float64))
+        torch.testing.assert_close(
+            model.kl_from_posterior(diagonal, x),
+            kl_divergence(as_full, model.posterior(x)),
+        )
+        torch.testing.assert_close(
+            model.kl_from_posterior(model.posterior(x), x),
+            torch.zeros(4, dtype=torch.float64),
+        )
         # ln p(x) − KL = E_q[ln p(x, z) − ln q(z)], estimated here with many samples
         z = diagonal.sample((20_000,))
         bound = model.log_joint(z, x) - diagonal.log_prob(z)
@@ -226,7 +273,13 @@ def test_kl_from_posterior_is_zero_for_the_posterior_and_the_elbo_gap_otherwise(
 
 def test_kl_from_posterior_rejects_a_non_gaussian_q() -> None:
     model = _model(x_dim=3, z_dim=1)
-    q = Independent(Laplace(torch.zeros(2, 1, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64)), 1)
+    q = Independent(
+        Laplace(
+            torch.zeros(2, 1, dtype=torch.float64),
+            torch.ones(2, 1, dtype=torch.float64),
+        ),
+        1,
+    )
     with pytest.raises(ValueError, match="Gaussian"):
         model.kl_from_posterior(q, torch.zeros(2, 3, dtype=torch.float64))
 
@@ -238,11 +291,15 @@ def test_mean_field_gap_is_the_kl_of_the_best_diagonal_gaussian() -> None:
     diag = precision.diagonal()
     with torch.no_grad():
         gap = model.mean_field_gap()
-        torch.testing.assert_close(gap, 0.5 * (diag.log().sum() - torch.logdet(precision)))
+        torch.testing.assert_close(
+            gap, 0.5 * (diag.log().sum() - torch.logdet(precision))
+        )
         best_mean = model.posterior(x).mean
         best = Independent(Normal(best_mean, diag.rsqrt().expand(3, -1)), 1)
         torch.testing.assert_close(model.kl_from_posterior(best, x), gap.expand(3))
         for scale in (0.9, 1.1):  # any other diagonal q is worse
-            other = Independent(Normal(best_mean, scale * diag.rsqrt().expand(3, -1)), 1)
+            other = Independent(
+                Normal(best_mean, scale * diag.rsqrt().expand(3, -1)), 1
+            )
             assert (model.kl_from_posterior(other, x) > gap).all()
     assert gap > 0  # the posterior of this model is correlated

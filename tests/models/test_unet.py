@@ -1,4 +1,5 @@
-"""Tests for companion.models.unet: output shapes from 8×8 to 32×32, time input, bad input."""
+"""Tests for companion.models.unet: output shapes from 8×8 to 32×32, time input,
+bad input."""
 
 from __future__ import annotations
 
@@ -11,15 +12,36 @@ from companion.models.unet import UNet, UNetConfig, timestep_embedding
 @pytest.mark.parametrize(
     "config",
     [
-        UNetConfig(image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=(4,)),
-        UNetConfig(image_size=16, channels=8, channel_mults=(1, 2, 2), res_blocks=2, attention_resolutions=(8,)),
-        UNetConfig(image_size=28, channels=8, channel_mults=(1, 2, 2), attention_resolutions=(7,)),
-        UNetConfig(image_size=32, channels=8, channel_mults=(1, 2, 2, 2), res_blocks=3,
-                   attention_resolutions=(16,), dropout=0.3),
+        UNetConfig(
+            image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=(4,)
+        ),
+        UNetConfig(
+            image_size=16,
+            channels=8,
+            channel_mults=(1, 2, 2),
+            res_blocks=2,
+            attention_resolutions=(8,),
+        ),
+        UNetConfig(
+            image_size=28,
+            channels=8,
+            channel_mults=(1, 2, 2),
+            attention_resolutions=(7,),
+        ),
+        UNetConfig(
+            image_size=32,
+            channels=8,
+            channel_mults=(1, 2, 2, 2),
+            res_blocks=3,
+            attention_resolutions=(16,),
+            dropout=0.3,
+        ),
     ],
     ids=lambda c: f"{c.image_size}px",
 )
-def test_output_has_the_input_shape_for_8_to_32_pixel_images(config: UNetConfig) -> None:
+def test_output_has_the_input_shape_for_8_to_32_pixel_images(
+    config: UNetConfig,
+) -> None:
     net = UNet(config)
     x = torch.randn(3, 1, config.image_size, config.image_size)
     out = net(x, torch.tensor([1, 50, 999]))
@@ -32,9 +54,19 @@ def test_full_profile_unet_is_the_authors_size() -> None:
     from companion.recipes import diffusion_unet_config
 
     config = diffusion_unet_config(FULL)
-    assert (config.channels, config.res_blocks, config.dropout, config.image_size) == (64, 3, 0.3, 32)
+    assert (config.channels, config.res_blocks, config.dropout, config.image_size) == (
+        64,
+        3,
+        0.3,
+        32,
+    )
     net = UNet(config)
-    assert net(torch.randn(2, 1, 32, 32), torch.tensor([1, 500])).shape == (2, 1, 32, 32)
+    assert net(torch.randn(2, 1, 32, 32), torch.tensor([1, 500])).shape == (
+        2,
+        1,
+        32,
+        32,
+    )
 
 
 def test_the_output_depends_on_the_step_once_trained_weights_are_nonzero() -> None:

@@ -1,5 +1,5 @@
-"""Tests for companion.models.vae: shapes across image sizes and depths, input validation,
-the grey-value Bernoulli likelihood, sampling and reconstruction."""
+"""Tests for companion.models.vae: shapes across image sizes and depths, input
+validation, the grey-value Bernoulli likelihood, sampling and reconstruction."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ SHAPE_CASES = [
 ]
 
 
-def _vae(image_size: int = 8, channels: tuple[int, ...] = (4, 8), z_dim: int = 3, seed: int = 0) -> ConvVAE:
+def _vae(
+    image_size: int = 8,
+    channels: tuple[int, ...] = (4, 8),
+    z_dim: int = 3,
+    seed: int = 0,
+) -> ConvVAE:
     torch.manual_seed(seed)
     return ConvVAE(VAEConfig(image_size=image_size, z_dim=z_dim, channels=channels))
 
@@ -45,15 +50,19 @@ def test_encoder_decoder_and_log_joint_shapes_fit_every_size_and_depth(
 
 
 @pytest.mark.parametrize(("image_size", "n_layers"), [(8, 4), (16, 5), (32, 6), (4, 3)])
-def test_more_stride_two_layers_than_the_image_size_allows_is_rejected(image_size: int, n_layers: int) -> None:
-    with pytest.raises(ValueError, match=f"{n_layers} stride-2 convolutions are too many"):
+def test_more_stride_two_layers_than_the_image_size_allows_is_rejected(
+    image_size: int, n_layers: int
+) -> None:
+    with pytest.raises(
+        ValueError, match=f"{n_layers} stride-2 convolutions are too many"
+    ):
         VAEConfig(image_size=image_size, channels=(4,) * n_layers)
 
 
-@pytest.mark.parametrize(
-    ("image_size", "advised"), [(8, 3), (16, 4), (28, 5), (32, 5)]
-)
-def test_error_message_advises_the_largest_depth_that_is_accepted(image_size: int, advised: int) -> None:
+@pytest.mark.parametrize(("image_size", "advised"), [(8, 3), (16, 4), (28, 5), (32, 5)])
+def test_error_message_advises_the_largest_depth_that_is_accepted(
+    image_size: int, advised: int
+) -> None:
     # the advised depth must be accepted, and one layer more rejected with that advice
     ConvVAE(VAEConfig(image_size=image_size, z_dim=2, channels=(2,) * advised))
     with pytest.raises(ValueError, match=f"use at most {advised}$"):
@@ -61,7 +70,9 @@ def test_error_message_advises_the_largest_depth_that_is_accepted(image_size: in
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(image_size=1), dict(z_dim=0), dict(channels=())], ids=["size", "z_dim", "channels"]
+    "kwargs",
+    [dict(image_size=1), dict(z_dim=0), dict(channels=())],
+    ids=["size", "z_dim", "channels"],
 )
 def test_degenerate_config_is_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="invalid VAEConfig|need image_size >= 2"):
@@ -69,7 +80,9 @@ def test_degenerate_config_is_rejected(kwargs: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    "x", [torch.rand(2, 1, 16, 16), torch.rand(2, 8, 8), torch.rand(2, 3, 8, 8)], ids=["size", "no-channel", "rgb"]
+    "x",
+    [torch.rand(2, 1, 16, 16), torch.rand(2, 8, 8), torch.rand(2, 3, 8, 8)],
+    ids=["size", "no-channel", "rgb"],
 )
 def test_encode_rejects_images_of_the_wrong_shape(x: torch.Tensor) -> None:
     with pytest.raises(ValueError, match=r"expected \(N, 1, 8, 8\)"):
@@ -89,7 +102,7 @@ def test_encoder_scales_are_positive() -> None:
     assert (q.stddev > 0).all()
 
 
-def test_bernoulli_log_likelihood_of_grey_images_is_minus_the_summed_cross_entropy() -> None:
+def test_grey_image_log_likelihood_is_minus_the_summed_binary_cross_entropy() -> None:
     model = _vae()
     z = torch.randn(2, 4, 3)
     x = torch.rand(4, 1, 8, 8)  # grey values, not 0/1
@@ -134,7 +147,9 @@ def test_reconstruct_returns_images_of_the_input_shape_in_the_unit_interval() ->
     assert r.shape == x.shape
     assert r.min() >= 0 and r.max() <= 1
     with torch.no_grad():
-        torch.testing.assert_close(r, torch.sigmoid(model.decoder_logits(model.encode(x).mean)))
+        torch.testing.assert_close(
+            r, torch.sigmoid(model.decoder_logits(model.encode(x).mean))
+        )
 
 
 def test_prior_is_a_standard_normal_over_z_dim() -> None:
@@ -146,17 +161,22 @@ def test_prior_is_a_standard_normal_over_z_dim() -> None:
 def test_float64_model_samples_in_float64() -> None:
     model = _vae().double()
     assert model.sample(2).dtype == torch.float64
-    assert model.encode(torch.rand(2, 1, 8, 8, dtype=torch.float64)).mean.dtype == torch.float64
+    assert (
+        model.encode(torch.rand(2, 1, 8, 8, dtype=torch.float64)).mean.dtype
+        == torch.float64
+    )
 
 
-def test_with_new_encoder_keeps_the_decoder_weights_and_draws_a_new_encoder_reproducibly() -> None:
+def test_with_new_encoder_keeps_the_decoder_and_draws_a_reproducible_encoder() -> None:
     model = _vae(16, (8, 16), z_dim=4)
     a = model.with_new_encoder(generator=torch.Generator().manual_seed(3))
     b = model.with_new_encoder(generator=torch.Generator().manual_seed(3))
     c = model.with_new_encoder(generator=torch.Generator().manual_seed(4))
     for name, p in model.decoder.state_dict().items():
         assert torch.equal(a.decoder.state_dict()[name], p)
-    assert a.decoder.head[0].weight is not model.decoder.head[0].weight  # a copy, not shared
+    assert (
+        a.decoder.head[0].weight is not model.decoder.head[0].weight
+    )  # a copy, not shared
     assert torch.equal(a.encoder_head.weight, b.encoder_head.weight)
     assert not torch.equal(a.encoder_head.weight, c.encoder_head.weight)
     assert not torch.equal(a.encoder_head.weight, model.encoder_head.weight)
@@ -165,7 +185,11 @@ def test_with_new_encoder_keeps_the_decoder_weights_and_draws_a_new_encoder_repr
 def test_inference_network_is_the_encoder_with_the_same_parameters_and_output() -> None:
     model = _vae(16, (8, 16), z_dim=4)
     net = model.inference_network()
-    own = {id(p) for p in list(model.encoder.parameters()) + list(model.encoder_head.parameters())}
+    own = {
+        id(p)
+        for p in list(model.encoder.parameters())
+        + list(model.encoder_head.parameters())
+    }
     assert {id(p) for p in net.parameters()} == own
     x = torch.rand(5, 1, 16, 16)
     q, r = net(x), model.encode(x)
