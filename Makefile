@@ -1,6 +1,7 @@
 # Two commands for a fresh machine:
 #   make book   create .venv, install, execute every chapter (quick profile), HTML in _build/html
-#   make test   create .venv, install, unit tests, nbval over every chapter, HTML build with -W
+#   make test   create .venv, install, ruff + mypy, unit tests, nbval over every chapter,
+#               HTML build with -W, every page checked in headless Chromium
 # Everything installs through constraints.txt (exact pins: torch==2.13.0, jax==0.10.2 with
 # numpyro==0.22.0, and the rest), with the NumPyro backend that chapter 6 runs.
 
@@ -16,7 +17,7 @@ CHAPTERS := $(sort $(wildcard book/*.ipynb))
 # your own runs get bars, the profile your hardware suggests and ~/.cache/companion.
 BOOK_ENV := COMPANION_PROFILE=quick COMPANION_PROGRESS=0 COMPANION_CACHE_DIR=$(CURDIR)/_build/model-cache
 
-.PHONY: book test unit nbval html bench constraints clean
+.PHONY: book test lint unit nbval html browser bench constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +29,14 @@ book: $(STAMP)
 	$(BOOK_ENV) $(BIN)/jupyter-book build . -W --keep-going
 	@echo "The book is in _build/html/index.html"
 
-test: unit nbval html
+test: lint unit nbval html browser
+
+# ruff formats and lints the package, the tests, the benchmarks and the chapters (line
+# length 88: what the rendered book's column fits); mypy checks the package's types.
+lint: $(STAMP)
+	$(BIN)/ruff format --check companion tests benchmarks book
+	$(BIN)/ruff check companion tests benchmarks book
+	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -45,6 +53,16 @@ html: $(STAMP)
 	  ext = c['sphinx']['local_extensions']; ext.update({k: os.path.abspath(v) for k, v in ext.items()}); \
 	  yaml.safe_dump(c, open('_build/_config.stored.yml', 'w'))"
 	$(BIN)/jupyter-book build . -W --keep-going --config _build/_config.stored.yml
+
+# Opens every built page in headless Chromium (1300 px) with a local MathJax and fails on
+# code, outputs, tables, equations or figures that overflow the text column beyond the
+# ones tests/browser_known.json still lists (it may only shrink).
+MATHJAX := _build/mathjax/node_modules/mathjax/es5/tex-mml-chtml.js
+$(MATHJAX):
+	npm install --silent --no-audit --no-fund --prefix _build/mathjax mathjax@3.2.2
+
+browser: $(STAMP) $(MATHJAX)
+	$(BIN)/python tests/browser_check.py --html _build/html --mathjax $(MATHJAX) --known tests/browser_known.json
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

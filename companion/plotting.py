@@ -8,10 +8,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from companion.style import MAX_FIGURE_WIDTH
+
 __all__ = ["image_grid", "show_images", "training_curves"]
 
 
-def image_grid(images: torch.Tensor, *, ncol: int = 10, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
+def image_grid(
+    images: torch.Tensor, *, ncol: int = 10, pad: int = 1, pad_value: float = 1.0
+) -> np.ndarray:
     """Tile images into one array.
 
     Args:
@@ -28,27 +32,54 @@ def image_grid(images: torch.Tensor, *, ncol: int = 10, pad: int = 1, pad_value:
     x = images.detach().cpu().float()
     if x.dim() == 4:
         if x.shape[1] != 1:
-            raise ValueError(f"expected single-channel images (N, 1, H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected single-channel images (N, 1, H, W), got {tuple(x.shape)}"
+            )
         x = x[:, 0]
     if x.dim() != 3 or len(x) == 0:
-        raise ValueError(f"expected a non-empty (N, H, W) or (N, 1, H, W) tensor, got {tuple(images.shape)}")
+        raise ValueError(
+            "expected a non-empty (N, H, W) or (N, 1, H, W) tensor, got "
+            f"{tuple(images.shape)}"
+        )
     n, h, w = x.shape
     ncol = min(ncol, n)
     nrow = -(-n // ncol)
-    grid = np.full((nrow * (h + pad) - pad, ncol * (w + pad) - pad), pad_value, dtype=np.float32)
+    grid = np.full(
+        (nrow * (h + pad) - pad, ncol * (w + pad) - pad), pad_value, dtype=np.float32
+    )
     for i in range(n):
         r, c = divmod(i, ncol)
-        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = x[i].numpy()
+        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = x[
+            i
+        ].numpy()
     return grid
 
 
-def show_images(images: torch.Tensor, *, ncol: int = 10, title: str | None = None, ax: plt.Axes | None = None) -> plt.Axes:
-    """Draw :func:`image_grid` of ``images`` in grey (0 = black, 1 = white) on ``ax``."""
+def show_images(
+    images: torch.Tensor,
+    *,
+    ncol: int = 10,
+    title: str | None = None,
+    ax: plt.Axes | None = None,
+) -> plt.Axes:
+    """Draw :func:`image_grid` of ``images`` in grey (0 = black, 1 = white) on ``ax``.
+
+    Without ``ax``, a new figure gets 0.6 in per image, less where that would make the
+    grid wider than the book's text column (:data:`companion.style.MAX_FIGURE_WIDTH`).
+    """
     if ax is None:
         n = len(images)
-        nrow = -(-n // min(ncol, n))
-        _, ax = plt.subplots(figsize=(min(ncol, n) * 0.6, nrow * 0.6 + (0.3 if title else 0)))
-    ax.imshow(image_grid(images, ncol=ncol), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        cols = min(ncol, n)
+        nrow = -(-n // cols)
+        side = min(0.6, MAX_FIGURE_WIDTH / cols)  # inches per image
+        _, ax = plt.subplots(figsize=(cols * side, nrow * side + (0.3 if title else 0)))
+    ax.imshow(
+        image_grid(images, ncol=ncol),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=10)

@@ -33,7 +33,9 @@ def _code(nb: dict) -> list[str]:
 def test_every_toc_entry_exists_and_every_chapter_is_listed() -> None:
     listed = _toc_files()
     for entry in listed:
-        assert any((ROOT / f"{entry}{ext}").is_file() for ext in (".md", ".ipynb")), entry
+        assert any((ROOT / f"{entry}{ext}").is_file() for ext in (".md", ".ipynb")), (
+            entry
+        )
     for chapter in CHAPTERS:
         assert str(chapter.relative_to(ROOT).with_suffix("")) in listed, chapter.name
 
@@ -41,7 +43,9 @@ def test_every_toc_entry_exists_and_every_chapter_is_listed() -> None:
 def test_repository_url_is_set_once_and_matches_the_package_metadata() -> None:
     url = CONFIG["repository"]["url"]
     assert CONFIG["repository"]["branch"] == "main"
-    pyproject = (ROOT / "pyproject.toml").read_text()  # tomllib is 3.11+; the package supports 3.10
+    pyproject = (
+        ROOT / "pyproject.toml"
+    ).read_text()  # tomllib is 3.11+; the package supports 3.10
     assert re.search(rf'^Repository = "{re.escape(url)}"$', pyproject, flags=re.M)
 
 
@@ -52,32 +56,58 @@ def test_config_fails_the_build_on_execution_errors() -> None:
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
-def test_chapter_starts_with_a_colab_setup_cell_that_installs_from_the_repository(chapter: Path) -> None:
+def test_chapter_starts_with_a_colab_setup_cell_that_installs_from_the_repository(
+    chapter: Path,
+) -> None:
     setup = _code(_load(chapter))[0]
     assert 'find_spec("companion") is None' in setup
-    assert f"git+{CONFIG['repository']['url']}@{CONFIG['repository']['branch']}" in setup
+    assert (
+        f"git+{CONFIG['repository']['url']}@{CONFIG['repository']['branch']}" in setup
+    )
     assert not re.search(r"\btorch\b", setup), "the set-up cell must never touch torch"
     if any('backend="numpyro"' in code for code in _code(_load(chapter))[1:]):
-        assert "companion[numpyro] @ git+" in setup and 'find_spec("numpyro") is None' in setup, (
-            "a chapter that runs the NumPyro backend must install the numpyro extra on Colab")
+        assert (
+            "companion[numpyro]@git+" in setup
+            and 'find_spec("numpyro") is None' in setup
+        ), (
+            "a chapter that runs the NumPyro backend must install the numpyro extra "
+            "on Colab"
+        )
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
-def test_chapter_ends_with_check_cells_and_has_clean_stored_outputs(chapter: Path) -> None:
+def test_chapter_ends_with_check_cells_and_has_clean_stored_outputs(
+    chapter: Path,
+) -> None:
     nb = _load(chapter)
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     code = _code(nb)
-    assert "assert" in code[-1] and "all checks passed" in code[-1], "the last cell must assert the claims"
-    checked = [c for c in nb["cells"] if c["cell_type"] == "code" and (
-        "nbval-check-output" in c.get("metadata", {}).get("tags", []) or "NBVAL_CHECK_OUTPUT" in "".join(c["source"]))]
+    assert "assert" in code[-1] and "all checks passed" in code[-1], (
+        "the last cell must assert the claims"
+    )
+    checked = [
+        c
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+        and (
+            "nbval-check-output" in c.get("metadata", {}).get("tags", [])
+            or "NBVAL_CHECK_OUTPUT" in "".join(c["source"])
+        )
+    ]
     assert checked, "mark deterministic numbers for nbval (tag nbval-check-output)"
-    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    outputs = [
+        o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+    ]
     assert outputs, "execute the chapter before committing it"
     for output in outputs:
         assert output["output_type"] != "error"
         text = json.dumps(output)
-        assert not re.search(r"/(work|root|tmp|home|Users)/[A-Za-z0-9_.-]+/", text), "machine-specific path"
-        assert "Warning" not in json.dumps(output.get("text", "")), "a warning landed in the stored outputs"
+        assert not re.search(r"/(work|root|tmp|home|Users)/[A-Za-z0-9_.-]+/", text), (
+            "machine-specific path"
+        )
+        assert "Warning" not in json.dumps(output.get("text", "")), (
+            "a warning landed in the stored outputs"
+        )
     assert chapter.stat().st_size < 3_000_000
 
 

@@ -1,0 +1,264 @@
+"""Open every page of the built book in headless Chromium and measure what overflows.
+
+Readers meet the HTML, so this check looks at it as they do: each page of
+``_build/html`` at a 1300 px wide window, after MathJax has typeset the maths (from a
+local copy, so no network is needed). On each page it measures, inside the article
+column:
+
+* ``code``: code cells that scroll sideways (a source line too long for the column);
+* ``output``: text outputs that scroll sideways (printed lines too long);
+* ``table``: tables wider than the column;
+* ``math``: display equations wider than the column;
+* ``figure``: figures shown at less than 80 % of their size (their fonts shrink with
+  them: a figure made wider than about 7.5 in is drawn at a fraction of its size).
+
+Usage::
+
+    python tests/browser_check.py --html _build/html --mathjax PATH/tex-mml-chtml.js \\
+        [--known tests/browser_known.json]
+
+It exits non-zero when a page has more overflows of a kind than ``--known`` allows (the
+overflows not fixed yet, listed so that none is added; the list may only shrink) and
+prints every overflow it found. Chromium runs with ``--dump-dom``: a script injected
+into a copy of each page measures the layout once MathJax is done and writes its
+findings into the DOM, which Chromium prints (no WebDriver needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+KINDS = ("code", "output", "table", "math", "figure")
+WINDOW = (1300, 1000)
+MIN_FIGURE_SCALE = 0.8
+REPORT_ID = "browser-check-report"
+
+# Runs in the page: waits for MathJax, measures, and appends the findings as JSON.
+MEASURE_JS = string.Template("""
+<script>
+(function () {
+  function snippet(el) {
+    return (el.textContent || "").trim().replace(/\\s+/g, " ").slice(0, 70);
+  }
+  async function measure() {
+    if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+      await MathJax.startup.promise;
+    }
+    const article = document.querySelector("article.bd-article")
+      || document.querySelector("main") || document.body;
+    const right = article.getBoundingClientRect().right;
+    const found = [];
+    for (const pre of article.querySelectorAll("pre")) {
+      const over = pre.scrollWidth - pre.clientWidth;
+      if (over > 1) {
+        const kind = pre.closest(
+          ".cell_input, .highlight-python, .highlight-ipython3, .highlight-default"
+        ) && !pre.closest(".cell_output") ? "code" : "output";
+        found.push({kind: kind, excess_px: over, what: snippet(pre)});
+      }
+    }
+    for (const table of article.querySelectorAll("table")) {
+      const box = table.getBoundingClientRect();
+      const parent = table.parentElement;
+      const over = Math.max(box.right - right, parent.scrollWidth - parent.clientWidth);
+      if (over > 1) {
+        found.push({kind: "table", excess_px: Math.round(over), what: snippet(table)});
+      }
+    }
+    const equations = "mjx-container[display='true'], div.math";
+    for (const eq of article.querySelectorAll(equations)) {
+      const box = eq.getBoundingClientRect();
+      const over = Math.max(eq.scrollWidth - eq.clientWidth, box.right - right);
+      const inner = eq.querySelector("mjx-math");
+      const innerOver = inner ? inner.getBoundingClientRect().right - right : 0;
+      const excess = Math.max(over, innerOver);
+      if (excess > 1) {
+        found.push({kind: "math", excess_px: Math.round(excess), what: snippet(eq)});
+      }
+    }
+    for (const img of article.querySelectorAll("img")) {
+      if (!img.naturalWidth) { continue; }
+      const scale = img.clientWidth / img.naturalWidth;
+      if (scale < $min_scale) {
+        found.push({kind: "figure", excess_px: img.naturalWidth - img.clientWidth,
+                    what: "shown at " + Math.round(100 * scale) + "% of "
+                          + img.naturalWidth + " px"});
+      }
+    }
+    const out = document.createElement("script");
+    out.type = "application/json";
+    out.id = "$report_id";
+    out.textContent = JSON.stringify(
+      {column_px: Math.round(article.clientWidth), found: found}
+    );
+    document.body.appendChild(out);
+  }
+  window.addEventListener("load", function () { measure(); });
+})();
+</script>
+""").substitute(min_scale=MIN_FIGURE_SCALE, report_id=REPORT_ID)
+
+
+def find_chromium() -> str:
+    """The Chromium (or Chrome) executable on PATH."""
+    for name in (
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise SystemExit(
+        "browser check: no Chromium on PATH; install it (Debian: apt-get install "
+        "chromium)"
+    )
+
+
+def prepare_pages(html: Path, mathjax: Path, into: Path) -> list[Path]:
+    """Copy the built book to ``into`` with MathJax loaded from ``mathjax`` and the
+    probe added."""
+    if not (html / "index.html").is_file():
+        raise SystemExit(
+            f"browser check: {html} holds no built book (run make html first)"
+        )
+    if not mathjax.is_file():
+        raise SystemExit(
+            f"browser check: MathJax not found at {mathjax} (make installs it with npm)"
+        )
+    shutil.copytree(html, into, dirs_exist_ok=True)
+    pages = []
+    for page in sorted(into.rglob("*.html")):
+        if (
+            page.name in ("search.html", "genindex.html")
+            or "_static" in page.parts
+            or "_sources" in page.parts
+        ):
+            continue
+        text = page.read_text(encoding="utf-8")
+        text, n = re.subn(
+            r'src="https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/[^"]+"',
+            f'src="{mathjax.resolve().as_uri()}"',
+            text,
+        )
+        if "</body>" not in text:
+            continue
+        pages.append(page)
+        page.write_text(
+            text.replace("</body>", MEASURE_JS + "</body>"), encoding="utf-8"
+        )
+    return pages
+
+
+def measure_page(chromium: str, page: Path, *, timeout_s: float = 120) -> dict:
+    """Load ``page`` in headless Chromium and return the probe's report."""
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--virtual-time-budget=30000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    match = re.search(
+        rf'<script type="application/json" id="{REPORT_ID}">(.*?)</script>',
+        done.stdout,
+        re.S,
+    )
+    if not match:
+        raise RuntimeError(
+            f"browser check: {page.name} gave no report (Chromium exit "
+            f"{done.returncode}): {done.stderr.strip()[-500:]}"
+        )
+    return json.loads(match.group(1))
+
+
+def compare(reports: dict[str, dict], known: dict[str, dict[str, int]]) -> list[str]:
+    """Pages × kinds where more overflows were found than ``known`` allows."""
+    failures = []
+    for page, report in reports.items():
+        counts = Counter(item["kind"] for item in report["found"])
+        for kind in KINDS:
+            allowed = known.get(page, {}).get(kind, 0)
+            if counts[kind] > allowed:
+                failures.append(
+                    f"{page}: {counts[kind]} {kind} overflow(s), {allowed} allowed"
+                )
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--html", type=Path, default=Path("_build/html"))
+    parser.add_argument(
+        "--mathjax",
+        type=Path,
+        required=True,
+        help="local tex-mml-chtml.js of MathJax 3",
+    )
+    parser.add_argument(
+        "--known",
+        type=Path,
+        help="JSON {page: {kind: count}} of overflows not fixed yet",
+    )
+    args = parser.parse_args(argv)
+    chromium = find_chromium()
+    known = json.loads(args.known.read_text()) if args.known else {}
+    with tempfile.TemporaryDirectory(prefix="browser-check-") as tmp:
+        root = Path(tmp)
+        pages = prepare_pages(args.html, args.mathjax, root)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda p: measure_page(chromium, p), pages))
+        reports = {
+            str(p.relative_to(root)): r for p, r in zip(pages, results, strict=True)
+        }
+    for page, report in reports.items():
+        counts = Counter(item["kind"] for item in report["found"])
+        summary = (
+            ", ".join(f"{counts[k]} {k}" for k in KINDS if counts[k])
+            or "nothing overflows"
+        )
+        print(f"{page} (column {report['column_px']} px): {summary}")
+        for item in report["found"]:
+            print(f"    {item['kind']:6s} +{item['excess_px']:>4} px  {item['what']}")
+    failures = compare(reports, known)
+    found = {
+        page: Counter(i["kind"] for i in r["found"]) for page, r in reports.items()
+    }
+    fixed = [
+        f"{page}: {kind} {n} → {found.get(page, Counter())[kind]}"
+        for page, kinds in known.items()
+        for kind, n in kinds.items()
+        if found.get(page, Counter())[kind] < n
+    ]
+    if fixed:
+        print(
+            "fewer overflows than listed in --known (lower the counts there):\n    "
+            + "\n    ".join(fixed)
+        )
+    if failures:
+        print("browser check FAILED, new overflows:\n    " + "\n    ".join(failures))
+        return 1
+    print(f"browser check passed: {len(reports)} pages at {WINDOW[0]} px")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
