@@ -2,7 +2,7 @@
 on a linear-Gaussian model.
 
 Kuzina, Welling & Tomczak (2022, theorem 1) bound how far the defended codes for an
-attacked input x^a = x^r + ε can be from the encoder's codes for the reference x^r:
+attacked input x^a = x^r + ε can be from the encoder's codes for the reference x^r::
 
     TV[q^(t)(z|x^a) ‖ q_φ(z|x^r)] ≤ TV[q^(t)(z|x^a) ‖ p(z|x^a)]     (MCMC term)
                                    + TV[p(z|x^a)    ‖ p(z|x^r)]     (attack term)
@@ -171,8 +171,8 @@ def worst_case_l2_perturbation(
 ) -> torch.Tensor:
     """The L2 perturbation of norm ``radius`` that maximises the encoder's symmetric KL.
 
-    For q(z|x) = N(A x + c, diag(s²)) the covariance does not depend on x, so
-    SKL[q(·|x) ‖ q(·|x + ε)] = εᵀ Aᵀ diag(1/s²) A ε, the same for every x: the best
+    For ``q(z|x) = N(A x + c, diag(s²))`` the covariance does not depend on x, so
+    ``SKL[q(·|x) ‖ q(·|x + ε)] = εᵀ Aᵀ diag(1/s²) A ε``, the same for every x: the best
     attack is ``radius`` times the top eigenvector of Aᵀ diag(1/s²) A (the exact optimum
     that the projected-gradient attacks of chapter 4 approximate for neural encoders).
 
@@ -193,11 +193,14 @@ class TVBoundTerms(NamedTuple):
 
     Attributes:
         lhs_steps: (K,) the transitions t at which the left side was estimated.
-        lhs: (K, B) Monte Carlo estimate of TV[q^(t)(·|x^a) ‖ q_φ(·|x^r)] at those t.
+        lhs: (K, B) Monte Carlo estimate of ``TV[q^(t)(·|x^a) ‖ q_φ(·|x^r)]`` at those
+            t.
         lhs_stderr: (K, B) its standard error.
-        mcmc: (T+1, B) √(½ KL[q^(t)(·|x^a) ‖ p(·|x^a)]), which goes to 0 as t grows.
-        attack: (B,) exact TV[p(·|x^a) ‖ p(·|x^r)], which grows with the attack radius.
-        approximation: (B,) √(½ KL[q_φ(·|x^r) ‖ p(·|x^r)]),
+        mcmc: (T+1, B) ``√(½ KL[q^(t)(·|x^a) ‖ p(·|x^a)])``, which goes to 0 as t
+            grows.
+        attack: (B,) exact ``TV[p(·|x^a) ‖ p(·|x^r)]``, which grows with the attack
+            radius.
+        approximation: (B,) ``√(½ KL[q_φ(·|x^r) ‖ p(·|x^r)])``,
             the encoder's approximation gap.
     """
 

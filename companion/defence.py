@@ -47,7 +47,7 @@ class DefenceResult(NamedTuple):
         z_start: (B, z_dim) the encoder's samples the chains started from.
         step_size: (B,) per-chain step sizes (adapted during warm-up, then frozen).
         acceptance_rate: (B,) mean acceptance probability over the T transitions.
-        energy_error: (B,) mean |ΔH| over the T transitions, in nats.
+        energy_error: (B,) mean ``|ΔH|`` over the T transitions, in nats.
         divergences: (B,) number of divergent transitions.
     """
 
@@ -211,12 +211,10 @@ def defence_curve(
     sample, no warm-up); every T > 0 is the same chain after ``num_warmup`` adaptation
     transitions and T transitions with frozen step sizes, so results at different T are
     nested, not independent. Other backends than ``torch`` run :func:`refine_posterior`
-    once per T.
+    once per T. The arguments not listed below are those of :func:`refine_posterior`.
 
     Args:
         steps_grid: the T (>= 0) to report.
-        model, x, num_leapfrog, num_warmup, step_size, backend, generator,
-            torch_compile: as for :func:`refine_posterior`.
 
     Returns:
         ``{T: DefenceResult}`` for every T of the grid; the diagnostics at T summarise

@@ -15,10 +15,13 @@ TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 CHAPTERS = sorted((ROOT / "book").glob("*.ipynb"))
 
 
-def _toc_files() -> list[str]:
+def _toc_files(*, sections: bool = False) -> list[str]:
     files = [TOC["root"]]
     for part in TOC.get("parts", []):
-        files += [entry["file"] for entry in part["chapters"]]
+        for entry in part["chapters"]:
+            files.append(entry["file"])
+            if sections:
+                files += [s["file"] for s in entry.get("sections", [])]
     return files
 
 
@@ -115,3 +118,28 @@ def test_readme_shows_the_two_commands_and_ci_calls_the_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make book" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_public_module_has_a_reference_page_in_the_table_of_contents() -> None:
+    import pkgutil
+
+    import companion
+
+    modules = {
+        m.name
+        for m in pkgutil.walk_packages(companion.__path__, "companion.")
+        if not m.ispkg
+    }
+    pages = {
+        p.stem: p.read_text()
+        for p in (ROOT / "book/api").glob("*.md")
+        if p.stem != "index"
+    }
+    documented = {
+        line.split()[-1]
+        for text in pages.values()
+        for line in text.splitlines()
+        if line.startswith(".. automodule::")
+    }
+    assert documented == modules, documented ^ modules
+    assert {f"book/api/{stem}" for stem in pages} <= set(_toc_files(sections=True))

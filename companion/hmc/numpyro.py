@@ -249,7 +249,7 @@ def run_chains(
         log_joint: ``log_joint(params, z, x)`` for one code z (d,) and one
             input -> scalar, hashable (a :class:`PortedModel`'s ``log_joint``).
         params: the weights ``log_joint`` reads (a pytree of arrays).
-        x: (C, *event) one input per chain.
+        x: ``(C, *event)`` one input per chain.
         position: (C, d) starting points.
         rng_key: a JAX PRNG key for all the chains' randomness.
         num_warmup: adaptation transitions (>= 0); their draws are discarded.
@@ -308,13 +308,15 @@ def run_model_chains(
 ) -> ChainResult:
     """:func:`run_chains` on a PyTorch model's posterior, from PyTorch tensors.
 
+    The arguments not listed below are those of :func:`run_chains`.
+
     Args:
         model: a :data:`SUPPORTED_MODELS` instance;
             its current weights are copied to JAX.
-        x: (C, *event) one input per chain (moved to the CPU / JAX's default device).
+        x: ``(C, *event)`` one input per chain (moved to the CPU / JAX's default
+            device).
         position: (C, d) starting codes.
         seed: seeds the JAX PRNG key (``jax.random.key(seed)``).
-        (the rest as in :func:`run_chains`.)
 
     Returns:
         A :class:`ChainResult` of JAX arrays (``np.asarray`` them for PyTorch).

@@ -1,6 +1,6 @@
 """Batched Hamiltonian Monte Carlo in PyTorch: one independent chain per row.
 
-The shape follows NumPyro and BlackJAX: pure functions over typed states,
+The shape follows NumPyro and BlackJAX: pure functions over typed states::
 
     state = init(position, logdensity_fn)
     state, info = step(
@@ -74,7 +74,7 @@ class HMCInfo(NamedTuple):
         acceptance_rate: min(1, exp(−ΔH)) of the proposal (0 for a divergent one).
         accepted: whether the chain moved.
         energy_error: ΔH = H(proposal) − H(current), in nats (+inf when not finite).
-        divergent: |ΔH| above ``MAX_ENERGY_ERROR`` or not finite.
+        divergent: ``|ΔH|`` above ``MAX_ENERGY_ERROR`` or not finite.
     """
 
     acceptance_rate: torch.Tensor

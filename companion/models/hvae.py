@@ -192,7 +192,7 @@ class HierarchicalVAE(nn.Module):
         Args:
             batch_shape: leading shape of the codes, e.g. (S, B).
             feats: bottom-up features (per group, (B, width)); ``None`` for the prior.
-            z: flat codes (*batch_shape, z_dim) to follow (``mode="given"``).
+            z: flat codes ``(*batch_shape, z_dim)`` to follow (``mode="given"``).
             mode: ``given`` (follow ``z``), ``rsample`` (draw each group from q, or from
                 the prior when ``feats`` is None, with reparameterisation), or ``mean``
                 (take each group's mean: the deterministic encoding).
@@ -201,7 +201,7 @@ class HierarchicalVAE(nn.Module):
                 (default: global).
 
         Returns:
-            (z (*batch_shape, z_dim), priors, posteriors) with one distribution per
+            (z ``(*batch_shape, z_dim)``, priors, posteriors) with one distribution per
             group (posteriors empty when ``feats`` is None).
         """
         groups: list[torch.Tensor] = []
@@ -270,11 +270,11 @@ class HierarchicalVAE(nn.Module):
 
         Args:
             q: the posterior from :meth:`encode`.
-            z: flat codes (*S, B, z_dim), usually ``q.rsample((S,))``.
+            z: flat codes ``(*S, B, z_dim)``, usually ``q.rsample((S,))``.
 
         Returns:
-            One (*S, B) tensor per group, top first, in nats; their sum over groups is
-            the ELBO's KL term (one-sample estimate over the upper groups,
+            One ``(*S, B)`` tensor per group, top first, in nats; their sum over groups
+            is the ELBO's KL term (one-sample estimate over the upper groups,
             analytic per group).
         """
         _, priors, posteriors = self.top_down(
@@ -349,7 +349,7 @@ class HierarchicalPosterior:
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Reparameterised codes (*sample_shape, B, z_dim), drawn group by group
+        """Reparameterised codes ``(*sample_shape, B, z_dim)``, drawn group by group
         top-down (with ``generator``'s noise when given,
         else the global generator's)."""
         z, _, _ = self.model.top_down(

@@ -172,7 +172,7 @@ class ConvVAE(nn.Module):
         return self.prior().log_prob(z) + self.decode(z).log_prob(x)
 
     def kl_groups(self, q: Distribution, z: torch.Tensor) -> list[torch.Tensor]:
-        """[KL[q(z|x) ‖ p(z)]], analytic, broadcast to z's batch shape (*S, B):
+        """``[KL[q(z|x) ‖ p(z)]]``, analytic, broadcast to z's batch shape ``(*S, B)``:
         one group."""
         return [kl_divergence(q, self.prior()).expand(z.shape[:-1])]
 
