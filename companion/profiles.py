@@ -70,7 +70,8 @@ class LatentModelsSettings:
         x_dim: observed dimensionality of the synthetic linear-Gaussian model.
         z_dim: latent dimensionality.
         noise_std: observation noise standard deviation σ.
-        sample_counts: numbers of Monte Carlo samples k at which estimators are compared.
+        sample_counts: numbers of Monte Carlo samples k at which estimators are
+            compared.
         n_repeats: independent estimates per k (errors are averaged over them).
         n_points: data points drawn for the maximum-likelihood fit.
         mle_steps: gradient steps of the maximum-likelihood fit.
@@ -123,14 +124,16 @@ class VAESettings:
 
 @dataclass(frozen=True)
 class HVAESettings:
-    """Chapter 3: the hierarchical VAE, trained with the chapter 2 VAE's data and budget.
+    """Chapter 3: the hierarchical VAE, trained with the chapter 2 VAE's data and
+    budget.
 
     Attributes:
         z_dims: latent group sizes, top first.
         width: width of the bottom-up features and the top-down state.
-        collapse_z_dims: groups of the model used to show posterior collapse (many small
-            groups collapse readily).
-        collapse_epochs: fixed training length of the collapse study (no early stopping).
+        collapse_z_dims: groups of the model used to show posterior collapse (many
+            small groups collapse readily).
+        collapse_epochs: fixed training length of the collapse study (no early
+            stopping).
         free_bits: nats per group for the cure (Kingma et al., 2016).
         kl_floor: a group with test KL above this (nats) counts as active.
         collapsed_below: a group with test KL below this (nats) counts as collapsed.
@@ -219,8 +222,10 @@ class DefenceSettings:
         num_leapfrog: leapfrog steps per transition.
         num_warmup: step-size adaptation transitions before the T that count.
         step_size: initial leapfrog step size.
-        clean_drop: the most clean-input reconstruction MS-SSIM may fall at the largest T.
-        sweep_radii: L∞ radii of the radius sweep on chapter 2's VAE (``radius`` among them).
+        clean_drop: the most clean-input reconstruction MS-SSIM may fall at the
+            largest T.
+        sweep_radii: L∞ radii of the radius sweep on chapter 2's VAE (``radius`` among
+            them).
         few_shot_digits: training digits of the few-shot encoder fitted to chapter 2's
             decoder (the other fitted encoder sees the whole training split).
         encoder_steps: Adam steps of each fitted encoder (the decoder stays fixed).
@@ -243,12 +248,15 @@ class DefenceSettings:
 
     def __post_init__(self) -> None:
         if self.radius not in self.sweep_radii:
-            raise ValueError(f"radius {self.radius} must be one of sweep_radii {self.sweep_radii}")
+            raise ValueError(
+                f"radius {self.radius} must be one of sweep_radii {self.sweep_radii}"
+            )
 
 
 @dataclass(frozen=True)
 class OpenQuestionsSettings:
-    """Chapter 9: adaptive attacks, robustness scores, OOD detection, decoder and denoiser attacks.
+    """Chapter 9: adaptive attacks, robustness scores, OOD detection, decoder and
+    denoiser attacks.
 
     Attributes:
         radius: L∞ attack radius δ of every section (one of chapter 4's radii).
@@ -265,10 +273,12 @@ class OpenQuestionsSettings:
         n_ood: in- and out-of-distribution images scored in the OOD section.
         ood_k: importance samples of the IWAE score.
         ood_hmc_steps: T of the chains behind the HMC scores.
-        decoder_step_grid: attack steps at which the SKL and reconstruction attacks are compared.
+        decoder_step_grid: attack steps at which the SKL and reconstruction attacks
+            are compared.
         power_iterations: power iterations of the decoder's Jacobian.
-        denoiser_beta_1s: β_1 of the DAED autoencoders attacked in section 5 (chapter 8's
-            models; the backward diffusion is attacked from the same split steps k).
+        denoiser_beta_1s: β_1 of the DAED autoencoders attacked in section 5
+            (chapter 8's models; the backward diffusion is attacked from the same split
+            steps k).
         denoiser_attack_steps: projected-gradient steps of the attacks on the denoisers.
         denoiser_eot: noise draws the expectation-over-transformation attacker averages.
         denoiser_draws: fresh noise draws that score every attacked image.
@@ -290,7 +300,7 @@ class OpenQuestionsSettings:
     ood_hmc_steps: int = 20
     decoder_step_grid: tuple[int, ...] = (1, 2, 5, 20)
     power_iterations: int = 20
-    denoiser_beta_1s: tuple[float, ...] = (0.001, 0.05, 0.2)
+    denoiser_beta_1s: tuple[float, ...] = (0.001, 0.2)
     denoiser_attack_steps: int = 20
     denoiser_eot: int = 2
     denoiser_draws: int = 4
@@ -303,58 +313,69 @@ PAPER_BETA_1S = (0.2, 0.1, 0.05, 0.025, 0.001)
 
 @dataclass(frozen=True)
 class DiffusionSettings:
-    """Chapters 7 and 8: the DDPM, DAED's denoising autoencoders and how they are measured.
+    """Chapters 7 and 8: the DDPM, DAED's denoising autoencoders and how they are
+    measured.
 
     Attributes:
-        data: the data set the diffusion models learn (a :func:`companion.data.load_images` name).
+        data: the data set the diffusion models learn (a
+            :func:`companion.data.load_images` name).
         ood_data: the out-of-distribution data set of the transfer experiments.
-        image_size: side the images are brought to (28×28 images are zero-padded to 32).
+        image_size: side the images are brought to (28×28 images are zero-padded to
+            32; the quick profile's 5 000 MNIST digits are resized to 16×16, where
+            1 000 training steps on 2 cores give recognisable samples).
         schedule: β schedule of the models (``linear``: Ho et al.'s, rescaled to T).
         T: diffusion steps.
         channels, channel_mults, res_blocks, attention_resolutions, dropout: the UNet
-            (:class:`companion.models.unet.UNetConfig`); the authors' Fashion-MNIST model:
-            64 channels, 3 residual blocks, dropout 0.3.
+            (:class:`companion.models.unet.UNetConfig`); the authors' Fashion-MNIST
+            model: 64 channels, 3 residual blocks, dropout 0.3.
         train_steps: gradient steps of the DDPM.
         dae_steps: gradient steps of each denoising autoencoder.
         batch_size: images per step.
         lr: AdamW learning rate.
         ema_decay: decay of the weights' moving average the trained models keep.
         beta_1s: DAED's cumulative noise levels β_1 (one autoencoder each): all of the
-            paper's in the full profile; the quick profile skips 0.025, between 0.05 and
-            0.001, to keep chapters 7 and 8 within 8 minutes on 2 cores.
+            paper's in the full profile; the quick profile keeps 0.2, 0.1 and 0.001
+            (the largest, the one that replaces a tenth of the steps, and the smallest)
+            to keep chapters 7 and 8 within 8 minutes on 2 cores.
         n_samples: generated images per model for FID and precision / recall.
         classifier_steps: training steps of the FID feature classifier.
-        snr_threshold: SNR above which a step counts as "signal still strong" (observation 1).
-        noise_fractions: fractions t / T of the steps to which observation 2 noises images.
+        snr_threshold: SNR above which a step counts as "signal still strong"
+            (observation 1).
+        noise_fractions: fractions t / T of the steps to which observation 2 noises
+            images.
         n_denoise: images per data set in the denoising experiments.
-        fid_margin: the most FID may rise when DAED replaces up to about 10 % of the steps
-            (quick profile: β₁ = 0.1 raised it by 0.8, 1.5 and 2.5 at seeds 0, 1, 2 with the
-            DDPM as generator, by 0.0, 2.0 and −1.4 with its own).
-        generator_beta_1s: β_1 whose DAED also gets its own generator, a diffusion trained
-            only on the steps after k (each must be one of ``beta_1s``).
-        generator_init: ``scratch`` (a fresh network, as Deja et al. train it) or ``ddpm``
-            (start from chapter 7's DDPM and train on the steps after k only: the quick
-            profile's budget cannot train another diffusion from scratch).
+        fid_margin: the most FID may rise when DAED replaces up to about 10 % of the
+            steps (quick profile: β₁ = 0.1 raised it by 0.8, 1.5 and 2.5 at seeds 0, 1,
+            2 with the DDPM as generator, by 0.0, 2.0 and −1.4 with its own).
+        generator_beta_1s: β_1 whose DAED also gets its own generator, a diffusion
+            trained only on the steps after k (each must be one of ``beta_1s``).
+        generator_init: ``scratch`` (a fresh network, as Deja et al. train it) or
+            ``ddpm`` (start from chapter 7's DDPM and train on the steps after k only:
+            the quick profile's budget cannot train another diffusion from scratch).
         generator_steps: gradient steps of each such generator.
+        dae_init: where each denoising autoencoder's training starts: ``scratch`` (as
+            Deja et al.) or ``ddpm`` (chapter 7's DDPM's network: the autoencoder
+            starts as the DDPM's one-step estimate of x from z_k; at 16×16, 300 steps
+            from scratch left visible noise in the quick profile's outputs).
     """
 
-    data: str = "digits"
+    data: str = "mnist_5k"
     ood_data: str = "glyphs"
-    image_size: int = 8
+    image_size: int = 16
     schedule: str = "linear"
     T: int = 200
-    channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2)
+    channels: int = 24
+    channel_mults: tuple[int, ...] = (1, 2, 2)
     res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (4,)
     dropout: float = 0.0
     train_steps: int = 1_000
-    dae_steps: int = 400
-    batch_size: int = 256
+    dae_steps: int = 150
+    batch_size: int = 128
     lr: float = 2e-3
     ema_decay: float = 0.995
-    beta_1s: tuple[float, ...] = (0.2, 0.1, 0.05, 0.001)
-    n_samples: int = 1_000
+    beta_1s: tuple[float, ...] = (0.2, 0.1, 0.001)
+    n_samples: int = 500
     classifier_steps: int = 600
     snr_threshold: float = 3.0
     noise_fractions: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2, 0.3)
@@ -362,14 +383,22 @@ class DiffusionSettings:
     fid_margin: float = 3.0
     generator_beta_1s: tuple[float, ...] = (0.1,)
     generator_init: str = "ddpm"
-    generator_steps: int = 200
+    generator_steps: int = 150
+    dae_init: str = "ddpm"
 
     def __post_init__(self) -> None:
-        if self.generator_init not in GENERATOR_INITS:
-            raise ValueError(f"generator_init must be one of {GENERATOR_INITS}, got {self.generator_init!r}")
+        for name in ("generator_init", "dae_init"):
+            if getattr(self, name) not in GENERATOR_INITS:
+                raise ValueError(
+                    f"{name} must be one of {GENERATOR_INITS}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if not set(self.generator_beta_1s) <= set(self.beta_1s):
-            raise ValueError(f"generator_beta_1s {self.generator_beta_1s} must be among beta_1s {self.beta_1s}: "
-                             "each generator is paired with that β_1's autoencoder")
+            raise ValueError(
+                f"generator_beta_1s {self.generator_beta_1s} "
+                f"must be among beta_1s {self.beta_1s}: "
+                "each generator is paired with that β_1's autoencoder"
+            )
 
 
 @dataclass(frozen=True)
@@ -381,8 +410,8 @@ class Profile:
         seed: the seed every chapter starts from.
         data: the image data set.
         latent_models: chapter 1 settings.
-        vae: chapter 2 settings (the conv architecture and training budget that chapter 3
-            gives its hierarchical VAE too).
+        vae: chapter 2 settings (the conv architecture and training budget that
+            chapter 3 gives its hierarchical VAE too).
         hvae: chapter 3 settings.
         attack: chapter 4 settings.
         tv_bound: chapter 5 settings.
@@ -407,8 +436,9 @@ class Profile:
 QUICK = Profile(
     name="quick",
     seed=0,
-    # 5 000 real MNIST digits at the papers' 28×28; models sized for 2 CPU cores: one epoch
-    # of the VAE or the hierarchical VAE over the 4 000 training digits takes about 3.5 s.
+    # 5 000 real MNIST digits at the papers' 28×28; models sized for 2 CPU cores: one
+    # epoch of the VAE or the hierarchical VAE over the 4 000 training digits takes
+    # about 3.5 s.
     data=DataSettings(name="mnist_5k", image_size=28),
     latent_models=LatentModelsSettings(),
     vae=VAESettings(z_dim=32, channels=(32, 64, 64), epochs=40, n_test=250, n_local=32),
@@ -424,7 +454,9 @@ FULL = Profile(
     name="full",
     seed=0,
     data=DataSettings(name="mnist", image_size=28),
-    latent_models=LatentModelsSettings(n_repeats=200, sample_counts=(1, 10, 100, 1_000, 10_000, 100_000)),
+    latent_models=LatentModelsSettings(
+        n_repeats=200, sample_counts=(1, 10, 100, 1_000, 10_000, 100_000)
+    ),
     vae=VAESettings(
         z_dim=64,
         channels=(32, 64, 96, 128),
@@ -444,23 +476,60 @@ FULL = Profile(
         collapse_epochs=30,
     ),
     attack=AttackSettings(
-        per_class=100, steps=100, restarts=5, step_grid=(1, 5, 20, 50, 100, 200), restart_grid=(1, 5, 10)
+        per_class=100,
+        steps=100,
+        restarts=5,
+        step_grid=(1, 5, 20, 50, 100, 200),
+        restart_grid=(1, 5, 10),
     ),
     tv_bound=TVBoundSettings(),
-    defence=DefenceSettings(per_class=20, steps_grid=(0, 10, 50, 100, 500), num_warmup=100, encoder_steps=2_000,
-                            encoder_samples=8),
+    defence=DefenceSettings(
+        per_class=20,
+        steps_grid=(0, 10, 50, 100, 500),
+        num_warmup=100,
+        encoder_steps=2_000,
+        encoder_samples=8,
+    ),
     open_questions=OpenQuestionsSettings(
-        per_class=20, attack_steps=100, adaptive_steps_grid=(5, 20, 50), adaptive_hmc_steps=10, eot_samples=4,
-        defence_steps_grid=(0, 10, 50, 100), betas=(1.0, 2.0, 5.0, 10.0), gap_k=1_000, n_ood=1_000,
-        ood_k=1_000, ood_hmc_steps=100, decoder_step_grid=(1, 2, 5, 20, 100),
-        denoiser_attack_steps=50, denoiser_eot=4, denoiser_draws=8,
+        per_class=20,
+        attack_steps=100,
+        adaptive_steps_grid=(5, 20, 50),
+        adaptive_hmc_steps=10,
+        eot_samples=4,
+        defence_steps_grid=(0, 10, 50, 100),
+        betas=(1.0, 2.0, 5.0, 10.0),
+        gap_k=1_000,
+        n_ood=1_000,
+        ood_k=1_000,
+        ood_hmc_steps=100,
+        decoder_step_grid=(1, 2, 5, 20, 100),
+        denoiser_attack_steps=50,
+        denoiser_eot=4,
+        denoiser_draws=8,
     ),
     diffusion=DiffusionSettings(
-        data="fashion_mnist", ood_data="mnist", image_size=32, T=500, channels=64,
-        channel_mults=(1, 2, 2, 2), res_blocks=3, attention_resolutions=(16,), dropout=0.3,
-        train_steps=60_000, dae_steps=20_000, batch_size=128, lr=1e-4, ema_decay=0.9999,
-        n_samples=10_000, classifier_steps=5_000, n_denoise=1_000,
-        beta_1s=PAPER_BETA_1S, generator_beta_1s=(0.1, 0.2), generator_init="scratch", generator_steps=60_000,
+        data="fashion_mnist",
+        ood_data="mnist",
+        image_size=32,
+        T=500,
+        channels=64,
+        channel_mults=(1, 2, 2, 2),
+        res_blocks=3,
+        attention_resolutions=(16,),
+        dropout=0.3,
+        train_steps=60_000,
+        dae_steps=20_000,
+        batch_size=128,
+        lr=1e-4,
+        ema_decay=0.9999,
+        n_samples=10_000,
+        classifier_steps=5_000,
+        n_denoise=1_000,
+        beta_1s=PAPER_BETA_1S,
+        generator_beta_1s=(0.1, 0.2),
+        generator_init="scratch",
+        generator_steps=60_000,
+        dae_init="scratch",
     ),
 )
 
@@ -483,7 +552,8 @@ def get_profile(name: str) -> Profile:
 
 
 def active_profile() -> Profile:
-    """The profile named by ``$COMPANION_PROFILE``, else ``full`` with CUDA, else ``quick``.
+    """The profile named by ``$COMPANION_PROFILE``, else ``full`` with CUDA, else
+    ``quick``.
 
     ``$COMPANION_SEED``, when set, replaces the profile's seed.
 
@@ -491,7 +561,9 @@ def active_profile() -> Profile:
         ValueError: an unknown profile name or a seed that is not an integer.
     """
     name = os.environ.get(PROFILE_ENV, "").strip().lower()
-    profile = get_profile(name) if name else (FULL if torch.cuda.is_available() else QUICK)
+    profile = (
+        get_profile(name) if name else (FULL if torch.cuda.is_available() else QUICK)
+    )
     seed = os.environ.get(SEED_ENV, "").strip()
     if seed:
         try:
@@ -502,12 +574,14 @@ def active_profile() -> Profile:
 
 
 def default_device() -> torch.device:
-    """CUDA when available, else the CPU (MPS is skipped: some ops used here lack it)."""
+    """CUDA when available, else the CPU (MPS is skipped: some ops used here lack
+    it)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (all devices) and return a torch generator seeded alike.
+    """Seed Python, NumPy and torch (all devices) and return a torch generator seeded
+    alike.
 
     Quick-profile results are reproducible on the same machine from this seed; CUDA
     kernels may still be non-deterministic across runs.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import replace
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,10 +12,20 @@ import torch
 
 from companion import profiles
 from companion.data import OFFLINE_DATASETS
-from companion.profiles import FULL, PAPER_BETA_1S, PROFILE_ENV, QUICK, active_profile, get_profile, seed_everything
+from companion.profiles import (
+    FULL,
+    PAPER_BETA_1S,
+    PROFILE_ENV,
+    QUICK,
+    active_profile,
+    get_profile,
+    seed_everything,
+)
 
 
-@pytest.mark.parametrize(("value", "expected"), [("quick", QUICK), ("full", FULL), (" FULL ", FULL)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("quick", QUICK), ("full", FULL), (" FULL ", FULL)]
+)
 @pytest.mark.parametrize("cuda", [True, False])
 def test_environment_variable_overrides_the_cuda_based_default(
     monkeypatch: pytest.MonkeyPatch, value: str, expected: profiles.Profile, cuda: bool
@@ -33,7 +43,9 @@ def test_unknown_profile_name_in_the_environment_raises_value_error_naming_the_c
         active_profile()
 
 
-def test_get_profile_rejects_an_unknown_name_and_names_the_environment_variable() -> None:
+def test_get_profile_rejects_an_unknown_name_and_names_the_environment_variable() -> (
+    None
+):
     with pytest.raises(ValueError, match=PROFILE_ENV):
         get_profile("fast")
 
@@ -47,19 +59,26 @@ def test_default_without_the_variable_is_quick_on_cpu_and_full_with_cuda(
     assert active_profile() is expected
 
 
-def test_empty_variable_falls_back_to_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_variable_falls_back_to_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(PROFILE_ENV, "  ")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert active_profile() is QUICK
 
 
 def test_profiles_are_registered_under_their_own_names() -> None:
-    assert {name: p.name for name, p in profiles.PROFILES.items()} == {"quick": "quick", "full": "full"}
+    assert {name: p.name for name, p in profiles.PROFILES.items()} == {
+        "quick": "quick",
+        "full": "full",
+    }
     # the quick profile needs no download: its data ship inside installed packages
-    assert QUICK.data.name in OFFLINE_DATASETS and QUICK.diffusion.data in OFFLINE_DATASETS
+    assert (
+        QUICK.data.name in OFFLINE_DATASETS and QUICK.diffusion.data in OFFLINE_DATASETS
+    )
 
 
-def test_the_quick_vae_chapters_train_on_real_mnist_digits_at_the_papers_resolution() -> None:
+def test_quick_vae_chapters_use_real_mnist_digits_at_the_papers_resolution() -> None:
     assert (QUICK.data.name, QUICK.data.image_size) == ("mnist_5k", 28)
 
 
@@ -70,9 +89,16 @@ def test_the_defence_radius_must_be_one_of_the_sweep_radii() -> None:
 
 @pytest.mark.parametrize(
     ("obj", "field"),
-    [(QUICK, "seed"), (QUICK.data, "image_size"), (FULL.vae, "z_dim"), (FULL.latent_models, "x_dim")],
+    [
+        (QUICK, "seed"),
+        (QUICK.data, "image_size"),
+        (FULL.vae, "z_dim"),
+        (FULL.latent_models, "x_dim"),
+    ],
 )
-def test_profiles_and_their_settings_are_frozen_dataclasses(obj: object, field: str) -> None:
+def test_profiles_and_their_settings_are_frozen_dataclasses(
+    obj: object, field: str
+) -> None:
     assert dataclasses.is_dataclass(obj)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(obj, field, 1)
@@ -87,16 +113,20 @@ def _draws(generator: torch.Generator) -> tuple:
     )
 
 
-def test_seed_everything_makes_python_numpy_torch_and_the_returned_generator_repeat() -> None:
+def test_seed_everything_repeats_python_numpy_torch_and_the_returned_generator() -> (
+    None
+):
     first = _draws(seed_everything(123))
     second = _draws(seed_everything(123))
     other = _draws(seed_everything(124))
     assert first == second
-    for a, b in zip(first, other):
+    for a, b in zip(first, other, strict=True):
         assert a != b
 
 
-def test_companion_seed_replaces_the_profile_seed_and_rejects_non_integers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_companion_seed_replaces_the_profile_seed_and_rejects_non_integers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("COMPANION_PROFILE", "quick")
     monkeypatch.setenv("COMPANION_SEED", "7")
     assert profiles.active_profile().seed == 7
@@ -106,48 +136,102 @@ def test_companion_seed_replaces_the_profile_seed_and_rejects_non_integers(monke
         profiles.active_profile()
 
 
-@pytest.mark.parametrize("profile", list(profiles.PROFILES.values()), ids=lambda p: p.name)
-def test_every_profile_builds_vaes_that_reconstruct_images_of_its_data_size(profile) -> None:
+@pytest.mark.parametrize(
+    "profile", list(profiles.PROFILES.values()), ids=lambda p: p.name
+)
+def test_every_profile_builds_vaes_that_reconstruct_images_of_its_data_size(
+    profile,
+) -> None:
     from companion.models import ConvVAE, VAEConfig
 
     size = profile.data.image_size
-    vae = ConvVAE(VAEConfig(image_size=size, z_dim=profile.vae.z_dim, channels=profile.vae.channels))
+    vae = ConvVAE(
+        VAEConfig(
+            image_size=size, z_dim=profile.vae.z_dim, channels=profile.vae.channels
+        )
+    )
     x = torch.rand(2, 1, size, size)
     assert vae.reconstruct(x).shape == x.shape
     assert all(max(profile.vae.iwae_ks) % k == 0 for k in profile.vae.iwae_ks)
     from companion.models import HierarchicalVAE, HVAEConfig
 
     for z_dims in (profile.hvae.z_dims, profile.hvae.collapse_z_dims):
-        hvae = HierarchicalVAE(HVAEConfig(image_size=size, z_dims=z_dims, channels=profile.vae.channels,
-                                          width=profile.hvae.width))
+        hvae = HierarchicalVAE(
+            HVAEConfig(
+                image_size=size,
+                z_dims=z_dims,
+                channels=profile.vae.channels,
+                width=profile.hvae.width,
+            )
+        )
         assert hvae.reconstruct(x).shape == x.shape
 
 
-@pytest.mark.parametrize("profile", list(profiles.PROFILES.values()), ids=lambda p: p.name)
-def test_open_question_settings_include_the_plain_vae_the_encoder_alone_and_an_attack_radius(profile) -> None:
+@pytest.mark.parametrize(
+    "profile", list(profiles.PROFILES.values()), ids=lambda p: p.name
+)
+def test_open_questions_include_the_plain_vae_the_encoder_alone_and_an_attack_radius(
+    profile,
+) -> None:
     oq = profile.open_questions
-    assert 1.0 in oq.betas and len(oq.betas) >= 2  # β = 1 is chapter 2's VAE and at least one more β
+    assert (
+        1.0 in oq.betas and len(oq.betas) >= 2
+    )  # β = 1 is chapter 2's VAE and at least one more β
     assert 0 in oq.defence_steps_grid and len(oq.defence_steps_grid) >= 2
     assert oq.radius in profile.attack.radii  # one of the radii chapter 4 attacks with
-    assert min(oq.adaptive_steps_grid) >= 1 and oq.adaptive_hmc_steps >= 1 and oq.eot_samples >= 1
+    assert (
+        min(oq.adaptive_steps_grid) >= 1
+        and oq.adaptive_hmc_steps >= 1
+        and oq.eot_samples >= 1
+    )
 
 
-def test_diffusion_settings_hold_the_authors_fashion_mnist_model_in_the_full_profile() -> None:
+def test_full_profile_diffusion_holds_the_authors_fashion_mnist_model() -> None:
     d = FULL.diffusion
-    assert (d.data, d.channels, d.res_blocks, d.dropout, d.T, d.batch_size, d.lr, d.ema_decay) == (
-        "fashion_mnist", 64, 3, 0.3, 500, 128, 1e-4, 0.9999)
+    assert (
+        d.data,
+        d.channels,
+        d.res_blocks,
+        d.dropout,
+        d.T,
+        d.batch_size,
+        d.lr,
+        d.ema_decay,
+    ) == ("fashion_mnist", 64, 3, 0.3, 500, 128, 1e-4, 0.9999)
     assert d.image_size == 32  # 28×28 zero-padded: the UNet halves the side three times
 
 
-def test_quick_diffusion_settings_are_offline_and_use_the_papers_beta_1_values() -> None:
+def test_quick_diffusion_settings_are_offline_and_use_the_papers_beta_1_values() -> (
+    None
+):
     d = QUICK.diffusion
-    assert d.data == "digits" and d.ood_data == "glyphs"
-    assert set(d.beta_1s) <= set(PAPER_BETA_1S) and FULL.diffusion.beta_1s == PAPER_BETA_1S
+    assert d.data in OFFLINE_DATASETS and d.ood_data == "glyphs"
+    assert d.image_size >= 14  # large enough for the samples to be recognisable digits
+    assert (
+        set(d.beta_1s) <= set(PAPER_BETA_1S) and FULL.diffusion.beta_1s == PAPER_BETA_1S
+    )
 
 
-def test_daed_generators_are_paired_with_an_autoencoder_and_start_from_a_known_place() -> None:
-    assert QUICK.diffusion.generator_init == "ddpm" and FULL.diffusion.generator_init == "scratch"
+@pytest.mark.parametrize("profile", [QUICK, FULL], ids=lambda p: p.name)
+def test_chapter_nine_attacks_only_the_autoencoders_chapter_eight_trains(
+    profile,
+) -> None:
+    assert set(profile.open_questions.denoiser_beta_1s) <= set(
+        profile.diffusion.beta_1s
+    )
+
+
+def test_daed_generators_pair_with_an_autoencoder_and_start_from_a_known_place() -> (
+    None
+):
+    assert (
+        QUICK.diffusion.generator_init == "ddpm"
+        and FULL.diffusion.generator_init == "scratch"
+    )
     with pytest.raises(ValueError, match="generator_init must be one of"):
         replace(QUICK.diffusion, generator_init="pretrained")
+    assert QUICK.diffusion.dae_init == "ddpm" and FULL.diffusion.dae_init == "scratch"
+    with pytest.raises(ValueError, match="dae_init must be one of"):
+        replace(QUICK.diffusion, dae_init="pretrained")
     with pytest.raises(ValueError, match="must be among beta_1s"):
         replace(QUICK.diffusion, generator_beta_1s=(0.3,))
