@@ -40,7 +40,14 @@ __all__ = [
 
 
 class LatentVariableModel(Protocol):
-    """What the estimators need from a model (see :mod:`companion.models`)."""
+    """What the estimators need from a model (see :mod:`companion.models`).
+
+    ``prior()`` returns p(z) with event shape ``(d,)``; ``decode(z)`` returns p(x | z)
+    for codes ``(B, d)``, whose ``log_prob(x)`` is ``(B,)``; ``log_joint(z, x)`` returns
+    ln p(x, z), ``(B,)``. Encoder models add ``encode(x)`` -> q(z | x) with batch shape
+    ``(B,)`` and event shape ``(d,)``. :func:`companion.model_check.check_model` checks
+    all of this, plus what the attacks and the defence read, on a model of your own.
+    """
 
     def prior(self) -> Distribution: ...
 
