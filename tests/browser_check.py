@@ -17,7 +17,9 @@ Usage::
     python tests/browser_check.py --html _build/html --mathjax PATH/tex-mml-chtml.js \\
         [--known tests/browser_known.json]
 
-It exits non-zero when a page has more overflows of a kind than ``--known`` allows (the
+It first opens a page with one planted overflow of every kind and stops unless it finds
+all five, so a probe broken by a theme or browser update cannot pass the book. It exits
+non-zero when a page has more overflows of a kind than ``--known`` allows (the
 overflows not fixed yet, listed so that none is added; the list may only shrink) and
 prints every overflow it found. Chromium runs with ``--dump-dom``: a script injected
 into a copy of each page measures the layout once MathJax is done and writes its
@@ -75,7 +77,7 @@ MEASURE_JS = string.Template("""
         found.push({kind: "table", excess_px: Math.round(over), what: snippet(table)});
       }
     }
-    const equations = "mjx-container[display='true'], div.math";
+    const equations = "div.math, mjx-container[display='true']:not(div.math *)";
     for (const eq of article.querySelectorAll(equations)) {
       const box = eq.getBoundingClientRect();
       const over = Math.max(eq.scrollWidth - eq.clientWidth, box.right - right);
@@ -204,6 +206,48 @@ def compare(reports: dict[str, dict], known: dict[str, dict[str, int]]) -> list[
     return failures
 
 
+# A page with one overflow of every kind: the check must find all five before it is
+# trusted with the book (a probe that finds nothing would pass every page).
+SELF_TEST_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">
+<script src="$mathjax"></script></head><body>
+<article class="bd-article" style="width: 600px">
+<div class="cell_input"><div class="highlight"><pre>$long</pre></div></div>
+<div class="cell_output"><pre>$long</pre></div>
+<table><tr><td>$word</td></tr></table>
+<div class="math notranslate nohighlight">\\[$equation\\]</div>
+<img style="max-width: 100%" alt="wide" src="$image">
+</article></body></html>
+"""
+
+
+def self_test(chromium: str, mathjax: Path, into: Path) -> None:
+    """Check that the probe finds a planted overflow of every kind.
+
+    Raises:
+        SystemExit: a kind was not found (the probe or the browser is broken).
+    """
+    page = into / "self-test.html"
+    page.write_text(
+        string.Template(SELF_TEST_PAGE)
+        .substitute(
+            mathjax=mathjax.resolve().as_uri(),
+            long="x = 1  # " + "wide " * 60,
+            word="w" * 400,
+            equation=" + ".join(f"x_{{{i}}}^2" for i in range(120)),
+            image="data:image/svg+xml;utf8,"
+            "<svg xmlns='http://www.w3.org/2000/svg' width='2000' height='8'/>",
+        )
+        .replace("</body>", MEASURE_JS + "</body>"),
+        encoding="utf-8",
+    )
+    kinds = {item["kind"] for item in measure_page(chromium, page)["found"]}
+    if kinds != set(KINDS):
+        raise SystemExit(
+            f"browser check: the self-test page should overflow in every kind {KINDS}, "
+            f"but the probe found {sorted(kinds)}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--html", type=Path, default=Path("_build/html"))
@@ -223,11 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     known = json.loads(args.known.read_text()) if args.known else {}
     with tempfile.TemporaryDirectory(prefix="browser-check-") as tmp:
         root = Path(tmp)
-        pages = prepare_pages(args.html, args.mathjax, root)
+        self_test(chromium, args.mathjax, root)
+        pages = prepare_pages(args.html, args.mathjax, root / "book")
         with ThreadPoolExecutor(max_workers=2) as pool:
             results = list(pool.map(lambda p: measure_page(chromium, p), pages))
         reports = {
-            str(p.relative_to(root)): r for p, r in zip(pages, results, strict=True)
+            str(p.relative_to(root / "book")): r
+            for p, r in zip(pages, results, strict=True)
         }
     for page, report in reports.items():
         counts = Counter(item["kind"] for item in report["found"])
@@ -250,11 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if fixed:
         print(
-            "fewer overflows than listed in --known (lower the counts there):\n    "
+            "browser check FAILED, fewer overflows than --known lists (lower the "
+            "counts there, so that none can come back unnoticed):\n    "
             + "\n    ".join(fixed)
         )
     if failures:
         print("browser check FAILED, new overflows:\n    " + "\n    ".join(failures))
+    if fixed or failures:
         return 1
     print(f"browser check passed: {len(reports)} pages at {WINDOW[0]} px")
     return 0
