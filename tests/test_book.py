@@ -64,13 +64,12 @@ def test_chapter_starts_with_a_colab_setup_cell_that_installs_from_the_repositor
 ) -> None:
     setup = _code(_load(chapter))[0]
     assert 'find_spec("companion") is None' in setup
-    assert (
-        f"git+{CONFIG['repository']['url']}@{CONFIG['repository']['branch']}" in setup
-    )
+    assert f'REPOSITORY = "{CONFIG["repository"]["url"]}"' in setup
+    assert f"@git+{{REPOSITORY}}@{CONFIG['repository']['branch']}" in setup
     assert not re.search(r"\btorch\b", setup), "the set-up cell must never touch torch"
     if any('backend="numpyro"' in code for code in _code(_load(chapter))[1:]):
         assert (
-            "companion[numpyro]@git+" in setup
+            "companion[numpyro]@git+{REPOSITORY}" in setup
             and 'find_spec("numpyro") is None' in setup
         ), (
             "a chapter that runs the NumPyro backend must install the numpyro extra "
