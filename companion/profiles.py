@@ -345,8 +345,8 @@ class DiffusionSettings:
             images.
         n_denoise: images per data set in the denoising experiments.
         fid_margin: the most FID may rise when DAED replaces up to about 10 % of the
-            steps (quick profile, 16×16: β₁ = 0.1 raised it by 1.6 and 1.4 at seeds 0
-            and 1 with the DDPM as generator, by 0.7 and 2.1 with its own).
+            steps (quick profile, 16×16: β₁ = 0.1 raised it by 1.6, 1.4 and 1.7 at seeds
+            0, 1 and 2 with the DDPM as generator, by 0.7, 2.1 and 2.4 with its own).
         generator_beta_1s: β_1 whose DAED also gets its own generator, a diffusion
             trained only on the steps after k (each must be one of ``beta_1s``).
         generator_init: ``scratch`` (a fresh network, as Deja et al. train it) or
