@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from companion import rng
 from companion.attacks import AttackConfig, AttackResult, diagonal_gaussians, pgd
 from companion.data import check_images
 from companion.frozen import frozen
@@ -129,14 +130,14 @@ def adaptive_attack(
         )  # (R·B, C, H, W)
     n, d = config.restarts * x_ref.shape[0], q.mean.shape[-1]
     dtype, device = x_ref.dtype, x_ref.device
-    start_noise = torch.randn(
-        eot_samples, n, d, generator=generator, dtype=dtype, device=device
+    start_noise = rng.randn(
+        (eot_samples, n, d), generator=generator, dtype=dtype, device=device
     )
-    momenta = torch.randn(
-        hmc_steps, eot_samples, n, d, generator=generator, dtype=dtype, device=device
+    momenta = rng.randn(
+        (hmc_steps, eot_samples, n, d), generator=generator, dtype=dtype, device=device
     )
-    uniforms = torch.rand(
-        hmc_steps, eot_samples, n, generator=generator, dtype=dtype, device=device
+    uniforms = rng.rand(
+        (hmc_steps, eot_samples, n), generator=generator, dtype=dtype, device=device
     )
 
     def objective(x: torch.Tensor) -> torch.Tensor:  # (R·B, C, H, W) -> (R·B,)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, Normal
 
+from companion import rng
 from companion.frozen import frozen
 from companion.objectives import elbo
 from companion.progress import progress_bar
@@ -114,8 +115,8 @@ def fit_amortised_encoder(
     with frozen(model, keep=trained):
         for _ in progress_bar(range(steps), desc="encoder ELBO", enabled=progress):
             batch = x[
-                torch.randint(
-                    len(x), (batch_size,), generator=generator, device=x.device
+                rng.randint(
+                    0, len(x), (batch_size,), generator=generator, device=x.device
                 )
             ]
             loss = -elbo(

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch.distributions import Independent, Normal
 
+from companion import rng
 from companion.data import check_images
 from companion.frozen import frozen
 
@@ -190,13 +191,13 @@ def random_start(
 ) -> torch.Tensor:
     """A uniformly random point of the ball around each reference,
     projected into [0, 1]."""
-    noise = torch.rand(
+    noise = rng.rand(
         x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype
     )
     if norm == "linf":
         eps = radius * (2 * noise - 1)
     else:  # uniform in the L2 ball: Gaussian direction, radius · U^(1/d)
-        direction = torch.randn(
+        direction = rng.randn(
             x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype
         )
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(
@@ -398,16 +399,16 @@ def random_noise(
     if norm == "linf":
         size = eps.flatten(1).abs().amax(1).view(shape)
         signs = (
-            torch.randint(
-                0, 2, x_ref.shape, generator=generator, device=x_ref.device
-            ).to(x_ref.dtype)
+            rng.randint(0, 2, x_ref.shape, generator=generator, device=x_ref.device).to(
+                x_ref.dtype
+            )
             * 2
             - 1
         )
         noise = size * signs
     elif norm == "l2":
         size = eps.flatten(1).norm(dim=1).view(shape)
-        direction = torch.randn(
+        direction = rng.randn(
             x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype
         )
         noise = (

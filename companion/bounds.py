@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 from torch.distributions import Distribution, MultivariateNormal, kl_divergence
 
+from companion import rng
 from companion.models.linear_gaussian import (
     DiagonalLinearEncoder,
     LinearGaussian,
@@ -104,7 +105,7 @@ def tv_monte_carlo(
         raise ValueError(
             f"num_samples must be >= 2 to give a standard error, got {num_samples}"
         )
-    noise = torch.randn(
+    noise = rng.randn(
         (num_samples, *p.batch_shape, *p.event_shape),
         generator=generator,
         dtype=p.mean.dtype,

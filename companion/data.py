@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from companion import rng
+
 __all__ = [
     "DATASETS",
     "OFFLINE_DATASETS",
@@ -243,7 +245,7 @@ def binarize(
         A float tensor of 0s and 1s with the same shape as ``images``.
     """
     check_images(images)
-    return torch.bernoulli(images, generator=generator)
+    return rng.bernoulli(images, generator=generator)
 
 
 def check_images(images: torch.Tensor, *, shape: tuple[int, ...] | None = None) -> None:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from companion import rng
 from companion.attacks import AttackConfig, AttackResult, pgd
 from companion.data import check_images
 from companion.frozen import frozen
@@ -96,7 +97,7 @@ def latent_sensitivity(
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     z = z.detach()
-    v = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    v = rng.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
     v = v / v.norm(dim=-1, keepdim=True)
     with frozen(model):
         for _ in range(iterations):

@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
+from companion import rng
 from companion.data import check_images
 from companion.frozen import frozen
 from companion.hmc import torch as hmc_torch
@@ -171,8 +172,7 @@ def _log_density(model, x: torch.Tensor, *, torch_compile: bool):
 
 def _jax_seed(generator: torch.Generator | None, device: torch.device) -> int:
     """A JAX seed drawn from ``generator`` (the global torch generator when None)."""
-    device = generator.device if generator is not None else device
-    return int(torch.randint(2**31 - 1, (1,), generator=generator, device=device))
+    return int(rng.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
 
 
 def _sample_start(q, generator: torch.Generator | None) -> torch.Tensor:
@@ -184,7 +184,7 @@ def _sample_start(q, generator: torch.Generator | None) -> torch.Tensor:
     if generator is None:
         return q.sample()
     if hasattr(q, "base_dist"):
-        noise = torch.randn(
+        noise = rng.randn(
             q.mean.shape, generator=generator, dtype=q.mean.dtype, device=q.mean.device
         )
         return q.mean + q.stddev * noise

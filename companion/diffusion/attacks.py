@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import torch
 
+from companion import rng
 from companion.attacks import AttackConfig, AttackResult, pgd
 from companion.data import check_images
 from companion.diffusion.daed import DenoisingAutoencoder
@@ -136,9 +137,9 @@ def draw_noise(
     (e.g. (E,))."""
     shape = (batch, *denoiser.image_shape)
     return DenoiserNoise(
-        start=torch.randn(*draws, *shape, generator=generator, device=device),
-        steps=torch.randn(
-            *draws, denoiser.reverse_steps, *shape, generator=generator, device=device
+        start=rng.randn((*draws, *shape), generator=generator, device=device),
+        steps=rng.randn(
+            (*draws, denoiser.reverse_steps, *shape), generator=generator, device=device
         ),
     )
 

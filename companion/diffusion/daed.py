@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from companion import rng
 from companion.data import check_images
 from companion.diffusion.ddpm import (
     DDPM,
@@ -188,7 +189,7 @@ def daed_sample(
     outs = []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        z = torch.randn((m, *diffusion.image_shape), device=device, generator=generator)
+        z = rng.randn((m, *diffusion.image_shape), device=device, generator=generator)
         z_k, _ = diffusion.reverse(
             z, t_start=diffusion.T, t_stop=dae.k, generator=generator, progress=progress
         )

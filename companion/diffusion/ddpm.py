@@ -22,6 +22,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from companion import rng
 from companion.data import check_images
 from companion.diffusion.schedules import Schedule, q_sample
 from companion.progress import progress_bar
@@ -118,10 +119,10 @@ class DDPM(nn.Module):
             t_min: smallest step drawn (steps are uniform on t_min..T); DAED's generator
                 uses t_min = k + 1.
         """
-        t = torch.randint(
+        t = rng.randint(
             t_min, self.T + 1, (x.shape[0],), device=x.device, generator=generator
         )
-        noise = torch.randn(x.shape, device=x.device, generator=generator)
+        noise = rng.randn(x.shape, device=x.device, generator=generator)
         z = q_sample(self.schedule, x, t, noise=noise)
         return (self.net(z, t) - noise).pow(2).mean()
 
@@ -195,7 +196,7 @@ class DDPM(nn.Module):
                 range(t_start, t_stop, -1), desc="sampling", enabled=progress
             ):
                 noise = (
-                    torch.randn(z.shape, device=z.device, generator=generator)
+                    rng.randn(z.shape, device=z.device, generator=generator)
                     if t > 1
                     else None
                 )
@@ -230,7 +231,7 @@ class DDPM(nn.Module):
         recs: dict[int, list[torch.Tensor]] = {k: [] for k in record_at}
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            z = torch.randn((m, *self.image_shape), device=device, generator=generator)
+            z = rng.randn((m, *self.image_shape), device=device, generator=generator)
             x, rec = self.reverse(
                 z,
                 t_start=self.T,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from companion import rng
+
 __all__ = [
     "linear_betas",
     "scaled_linear_betas",
@@ -195,8 +197,6 @@ def q_sample(
     if bool(((t < 1) | (t > schedule.T)).any()):
         raise ValueError(f"steps must lie in 1..{schedule.T}")
     if noise is None:
-        noise = torch.randn(
-            x.shape, generator=generator, device=x.device, dtype=x.dtype
-        )
+        noise = rng.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     a = schedule.alpha_bars.to(x.device)[t - 1].view(-1, *([1] * (x.dim() - 1)))
     return a.sqrt() * x + (1 - a).sqrt() * noise

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import torch
 
+from companion import rng
+
 __all__ = [
     "HMCState",
     "HMCInfo",
@@ -187,7 +189,7 @@ def step(
     eps = torch.as_tensor(
         step_size, dtype=position.dtype, device=position.device
     ).expand(position.shape[0])
-    momentum = torch.randn(
+    momentum = rng.randn(
         position.shape,
         generator=generator,
         dtype=position.dtype,
@@ -213,7 +215,7 @@ def step(
         torch.zeros_like(energy_error),
         torch.exp(-energy_error).clamp(max=1.0),
     )
-    u = torch.rand(
+    u = rng.rand(
         acceptance.shape,
         generator=generator,
         dtype=acceptance.dtype,

@@ -44,6 +44,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from companion import rng
 from companion.data import check_images
 from companion.models.conv import ConvDecoder, ConvEncoder, check_architecture
 
@@ -225,7 +226,7 @@ class HierarchicalVAE(nn.Module):
             elif mode == "rsample":
                 base = source.base_dist
                 scale = base.scale * (temperature if feats is None else 1.0)
-                noise = torch.randn(
+                noise = rng.randn(
                     base.loc.shape,
                     generator=generator,
                     dtype=base.loc.dtype,
