@@ -14,6 +14,7 @@ from companion import profiles
 from companion.data import OFFLINE_DATASETS
 from companion.profiles import (
     FULL,
+    GPU,
     PAPER_BETA_1S,
     PROFILE_ENV,
     QUICK,
@@ -24,7 +25,8 @@ from companion.profiles import (
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("quick", QUICK), ("full", FULL), (" FULL ", FULL)]
+    ("value", "expected"),
+    [("quick", QUICK), ("gpu", GPU), ("full", FULL), (" FULL ", FULL)],
 )
 @pytest.mark.parametrize("cuda", [True, False])
 def test_environment_variable_overrides_the_cuda_based_default(
@@ -39,7 +41,7 @@ def test_unknown_profile_name_in_the_environment_raises_value_error_naming_the_c
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(PROFILE_ENV, "medium")
-    with pytest.raises(ValueError, match=r"'medium'.*\['full', 'quick'\]"):
+    with pytest.raises(ValueError, match=r"'medium'.*\['full', 'gpu', 'quick'\]"):
         active_profile()
 
 
@@ -50,8 +52,8 @@ def test_get_profile_rejects_an_unknown_name_and_names_the_environment_variable(
         get_profile("fast")
 
 
-@pytest.mark.parametrize(("cuda", "expected"), [(False, QUICK), (True, FULL)])
-def test_default_without_the_variable_is_quick_on_cpu_and_full_with_cuda(
+@pytest.mark.parametrize(("cuda", "expected"), [(False, QUICK), (True, GPU)])
+def test_default_without_the_variable_is_quick_on_cpu_and_gpu_with_cuda(
     monkeypatch: pytest.MonkeyPatch, cuda: bool, expected: profiles.Profile
 ) -> None:
     monkeypatch.delenv(PROFILE_ENV, raising=False)
@@ -70,6 +72,7 @@ def test_empty_variable_falls_back_to_the_default(
 def test_profiles_are_registered_under_their_own_names() -> None:
     assert {name: p.name for name, p in profiles.PROFILES.items()} == {
         "quick": "quick",
+        "gpu": "gpu",
         "full": "full",
     }
     # the quick profile needs no download: its data ship inside installed packages
@@ -235,3 +238,76 @@ def test_daed_generators_pair_with_an_autoencoder_and_start_from_a_known_place()
         replace(QUICK.diffusion, dae_init="pretrained")
     with pytest.raises(ValueError, match="must be among beta_1s"):
         replace(QUICK.diffusion, generator_beta_1s=(0.3,))
+
+
+def test_the_gpu_profile_keeps_the_authors_vae_and_their_diffusion_resolution() -> None:
+    assert (GPU.data.name, GPU.data.image_size) == ("mnist", 28)
+    assert (GPU.vae.channels, GPU.vae.z_dim) == ((32, 64, 96, 128), 64)
+    assert (GPU.vae.channels, GPU.vae.z_dim) == (FULL.vae.channels, FULL.vae.z_dim)
+    d = GPU.diffusion
+    assert (d.data, d.image_size, d.T) == ("fashion_mnist", 32, 500)
+    # a smaller UNet than the authors', and fewer steps than the paper's: an hour in all
+    assert d.channels < FULL.diffusion.channels and d.train_steps < 10_000
+
+
+def _counts(settings: object) -> dict[str, object]:
+    return {
+        f.name: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)  # type: ignore[arg-type]
+    }
+
+
+@pytest.mark.parametrize(
+    "profile", list(profiles.PROFILES.values()), ids=lambda p: p.name
+)
+def test_smoke_keeps_data_architectures_and_grid_shapes_and_shrinks_counts(
+    profile: profiles.Profile,
+) -> None:
+    smoke = profiles.smoke_profile(profile)
+    assert smoke.smoke and not profile.smoke and smoke.name == profile.name
+    assert smoke.data == profile.data
+    for kept in ("z_dim", "channels", "batch_size", "lr"):
+        assert getattr(smoke.vae, kept) == getattr(profile.vae, kept)
+    assert (smoke.hvae.z_dims, smoke.hvae.width) == (
+        profile.hvae.z_dims,
+        profile.hvae.width,
+    )
+    d, sd = profile.diffusion, smoke.diffusion
+    for kept in ("data", "ood_data", "image_size", "channels", "channel_mults"):
+        assert getattr(sd, kept) == getattr(d, kept)
+    assert (sd.res_blocks, sd.attention_resolutions, sd.beta_1s) == (
+        d.res_blocks,
+        d.attention_resolutions,
+        d.beta_1s,
+    )
+    # every grid keeps its length (every table row still runs) and a leading zero
+    for before, after in [
+        (profile.defence.steps_grid, smoke.defence.steps_grid),
+        (profile.attack.step_grid, smoke.attack.step_grid),
+        (
+            profile.open_questions.defence_steps_grid,
+            smoke.open_questions.defence_steps_grid,
+        ),
+        (profile.vae.iwae_ks, smoke.vae.iwae_ks),
+    ]:
+        assert len(after) == len(before) and (after[0] == 0) == (before[0] == 0)
+        assert list(after) == sorted(set(after))
+    assert max(smoke.vae.iwae_ks) == smoke.vae.nll_k
+    assert all(max(smoke.vae.iwae_ks) % k == 0 for k in smoke.vae.iwae_ks)
+    # the expensive counts are small
+    assert smoke.vae.epochs == 1 and smoke.diffusion.train_steps <= 2
+    assert smoke.defence.per_class == smoke.attack.per_class == 1
+    assert smoke.diffusion.T <= 50 and smoke.diffusion.n_samples <= 16
+
+
+def test_companion_smoke_shrinks_the_active_profile_and_rejects_other_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PROFILE_ENV, "full")
+    monkeypatch.setenv("COMPANION_SMOKE", "1")
+    assert active_profile() == profiles.smoke_profile(FULL)
+    monkeypatch.setenv("COMPANION_SMOKE", "0")
+    assert active_profile() is FULL
+    monkeypatch.setenv("COMPANION_SMOKE", "yes")
+    with pytest.raises(ValueError, match="COMPANION_SMOKE must be 0 or 1"):
+        active_profile()
