@@ -1,7 +1,8 @@
 # Two commands for a fresh machine:
 #   make book   create .venv, install, execute every chapter (quick profile), HTML in _build/html
-#   make test   create .venv, install, ruff + mypy, unit tests, nbval over every chapter,
-#               HTML build with -W, every page checked in headless Chromium
+#   make test   create .venv, install, ruff + mypy, unit tests, smoke runs of the GPU-facing
+#               profiles, nbval over every chapter, HTML build with -W, every page checked
+#               in headless Chromium
 # Everything installs through constraints.txt (exact pins: torch==2.13.0, jax==0.10.2 with
 # numpyro==0.22.0, and the rest), with the NumPyro backend that chapter 6 runs.
 
@@ -17,7 +18,7 @@ CHAPTERS := $(sort $(wildcard book/*.ipynb))
 # your own runs get bars, the profile your hardware suggests and ~/.cache/companion.
 BOOK_ENV := COMPANION_PROFILE=quick COMPANION_PROGRESS=0 COMPANION_CACHE_DIR=$(CURDIR)/_build/model-cache
 
-.PHONY: book test lint unit nbval html browser bench constraints clean
+.PHONY: book test lint unit smoke nbval html browser bench gpu-check constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,7 @@ book: $(STAMP)
 	$(BOOK_ENV) $(BIN)/jupyter-book build . -W --keep-going
 	@echo "The book is in _build/html/index.html"
 
-test: lint unit nbval html browser
+test: lint unit smoke nbval html browser
 
 # ruff formats and lints the package, the tests, the benchmarks and the chapters (line
 # length 88: what the rendered book's column fits); mypy checks the package's types.
@@ -39,7 +40,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not smoke" tests
+
+# Every chapter under the gpu and full profiles at smoke counts (COMPANION_SMOKE=1) on
+# MNIST-shaped files written from the embedded digits, and gpu-check's CPU dry run.
+smoke: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m smoke tests
 
 # Executes each chapter once and compares the cells marked NBVAL_CHECK_OUTPUT.
 nbval: $(STAMP)
@@ -66,6 +72,11 @@ browser: $(STAMP) $(MATHJAX)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# On a machine with CUDA and no network (about 8 min on one datacenter GPU): the
+# paper-scale VAE and defence, the benchmarks on CUDA, DDPM throughput; one report.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --report _build/gpu-check.md
 
 # Re-pin after changing dependencies: installs the lower bounds' newest versions, freezes.
 constraints:

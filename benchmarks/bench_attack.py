@@ -39,6 +39,37 @@ def attack(model: ConvVAE, x: torch.Tensor, steps: int) -> None:
     )
 
 
+def measure(
+    model: ConvVAE,
+    *,
+    device: torch.device,
+    batches: tuple[int, ...] = (1, 64, 1024),
+    steps: int = STEPS,
+    repeats: int = REPEATS,
+) -> list[dict[str, float]]:
+    """Encoder pass and attack step (seconds) and their ratio at each batch size.
+
+    ``model`` is moved to ``device``; the two are timed interleaved, so that drift in
+    the machine's load hits both alike.
+    """
+    model = model.to(device)
+    rows = []
+    for batch in batches:
+        x = torch.rand(
+            batch, *model.image_shape, generator=torch.Generator().manual_seed(1)
+        ).to(device)
+        reps = repeats if batch < 1024 else min(repeats, 3)
+        enc, step = [], []
+        for _ in range(reps):
+            enc.append(median_time(partial(encoder_pass, model, x), 3, device=device))
+            full = median_time(partial(attack, model, x, steps), 1, device=device)
+            empty = median_time(partial(attack, model, x, 0), 1, device=device)
+            step.append((full - empty) / steps)
+        e, s = statistics.median(enc), statistics.median(step)
+        rows.append(dict(batch=batch, encoder_s=e, step_s=s, ratio=s / e))
+    return rows
+
+
 def main() -> None:
     torch.manual_seed(0)
     model, label = book_vae()
@@ -47,26 +78,13 @@ def main() -> None:
         f"attack step / encoder forward+backward, {label}, {torch.get_num_threads()} "
         "threads"
     )
-    failed = []
-    for batch in (1, 64, 1024):
-        x = torch.rand(
-            batch, *model.image_shape, generator=torch.Generator().manual_seed(1)
-        )
-        reps = REPEATS if batch < 1024 else 3
-        enc, step = [], []
-        for _ in range(reps):  # interleaved, so drift in machine load hits both alike
-            enc.append(median_time(partial(encoder_pass, model, x), 3))
-            full = median_time(partial(attack, model, x, STEPS), 1)
-            empty = median_time(partial(attack, model, x, 0), 1)
-            step.append((full - empty) / STEPS)
-        e, s = statistics.median(enc), statistics.median(step)
-        ratio = s / e
+    rows = measure(model, device=torch.device("cpu"))
+    for r in rows:
         print(
-            f"  batch {batch:>5}: encoder pass {e * 1e3:7.2f} ms, attack step "
-            f"{s * 1e3:7.2f} ms, ratio {ratio:4.2f}"
+            f"  batch {r['batch']:>5}: encoder pass {r['encoder_s'] * 1e3:7.2f} ms, "
+            f"attack step {r['step_s'] * 1e3:7.2f} ms, ratio {r['ratio']:4.2f}"
         )
-        if batch >= 64 and ratio > 1.3:
-            failed.append(batch)
+    failed = [r["batch"] for r in rows if r["batch"] >= 64 and r["ratio"] > 1.3]
     if failed:
         raise SystemExit(
             f"attack step more than 1.3× an encoder pass at batch sizes {failed}"

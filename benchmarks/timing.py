@@ -6,14 +6,27 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
 
-def median_time(fn: Callable[[], object], repeats: int = 1) -> float:
+
+def median_time(
+    fn: Callable[[], object], repeats: int = 1, *, device: torch.device | None = None
+) -> float:
     """Median seconds of ``repeats`` calls of ``fn``
-    (the median shrugs off one slow run)."""
+    (the median shrugs off one slow run).
+
+    On a CUDA ``device`` the clock stops only once the GPU has finished the call's
+    kernels (``torch.cuda.synchronize``), not when Python has queued them.
+    """
+    cuda = device is not None and torch.device(device).type == "cuda"
     times = []
     for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
