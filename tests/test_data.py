@@ -3,6 +3,7 @@ binarisation, and the offline failure of MNIST."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sklearn.datasets import load_digits
 
 from companion import mnist
 from companion.data import SPLITS, binarize, check_images, load_images
+from idx_writer import write_idx_gz
 
 N_DIGITS = 1797
 SPLIT_SIZES = {"train": 1347, "valid": 150, "test": 300}
@@ -207,6 +209,43 @@ def test_mnist_offline_raises_connection_error_pointing_to_mnist_5k(
     assert (
         list((tmp_path / "cache" / "mnist").iterdir()) == []
     )  # no partial download left behind
+
+
+def test_mnist_like_files_of_any_size_hold_out_a_twelfth_of_training_for_validation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, refused_base_url: str
+) -> None:
+    # 5 000 of MNIST's 60 000; here 100 of 1 200. Each image's first two pixels encode
+    # its index in the file, so the splits can be told apart.
+    n_train, n_test = 1_200, 200
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        images[:, 0, 0], images[:, 0, 1] = np.arange(n) // 256, np.arange(n) % 256
+        for filename, array in zip(
+            mnist.FILENAMES[split],
+            (images, (np.arange(n) % 10).astype(np.uint8)),
+            strict=True,
+        ):
+            blob = write_idx_gz(array)
+            (tmp_path / "mnist").mkdir(exist_ok=True)
+            (tmp_path / "mnist" / filename).write_bytes(blob)
+            monkeypatch.setitem(
+                mnist.SHA256["mnist"], filename, hashlib.sha256(blob).hexdigest()
+            )
+    monkeypatch.setattr(
+        mnist, "BASE_URLS", {name: (refused_base_url,) for name in mnist.NAMES}
+    )
+    index = {}
+    for split in SPLITS:
+        x = load_images(name="mnist", split=split, data_dir=tmp_path).images
+        index[split] = set(
+            (x[:, 0, 0, 0] * 255 * 256 + x[:, 0, 0, 1] * 255).round().int().tolist()
+        )
+    assert (len(index["train"]), len(index["valid"]), len(index["test"])) == (
+        n_train - n_train // 12,
+        n_train // 12,
+        n_test,
+    )
+    assert not index["train"] & index["valid"]
 
 
 def test_stratified_indices_draw_the_same_number_of_every_class_reproducibly() -> None:

@@ -297,7 +297,7 @@ def test_smoke_keeps_data_architectures_and_grid_shapes_and_shrinks_counts(
     # the expensive counts are small
     assert smoke.vae.epochs == 1 and smoke.diffusion.train_steps <= 2
     assert smoke.defence.per_class == smoke.attack.per_class == 1
-    assert smoke.diffusion.T <= 50 and smoke.diffusion.n_samples <= 16
+    assert smoke.diffusion.T <= 21 and smoke.diffusion.n_samples <= 16
 
 
 def test_companion_smoke_shrinks_the_active_profile_and_rejects_other_values(
