@@ -124,6 +124,10 @@ def test_chapter_runs_end_to_end_at_smoke_counts(
         "COMPANION_SMOKE": "1",
         "COMPANION_PROGRESS": "0",
         "COMPANION_DATA_DIR": str(root),
+        # figures are built but not drawn: nbval draws every one in the quick profile,
+        # with the same plotting code, and drawing them here cost 5 to 50 % of a
+        # chapter's smoke run
+        "MPLBACKEND": "agg",
         # one cache for both profiles, as in the book: its keys hold every setting
         # that shapes a model, so the full run reuses the gpu run's smoke-sized VAEs
         # (the same architecture and budget) and trains its own UNets
