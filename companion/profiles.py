@@ -463,96 +463,6 @@ QUICK = Profile(
     open_questions=OpenQuestionsSettings(betas=(1.0, 5.0), n_ood=100),
 )
 
-# One Colab-class GPU (a T4: 16 GB, about 8 TFLOPS in float32). The VAE chapters keep
-# the authors' MNIST model (32/64/96/128 channels, z = 64) with fewer epochs and
-# references than the papers; the diffusion chapters keep the authors' 32×32 and T =
-# 500 with a UNet of 32 base channels and 2 residual blocks (0.84 GFLOP per forward
-# pass, a fifth of the authors' 4.2), so that training and sampling fit the chapter.
-GPU = Profile(
-    name="gpu",
-    seed=0,
-    data=DataSettings(name="mnist", image_size=28),
-    latent_models=LatentModelsSettings(
-        n_repeats=200, sample_counts=(1, 10, 100, 1_000, 10_000, 100_000)
-    ),
-    vae=VAESettings(
-        z_dim=64,
-        channels=(32, 64, 96, 128),
-        epochs=30,
-        batch_size=128,
-        lr=1e-3,
-        patience=10,
-        iwae_ks=(1, 10, 100, 1_000),
-        nll_k=1_000,
-        n_test=1_000,
-        local_steps=300,
-        n_local=100,
-    ),
-    hvae=HVAESettings(
-        z_dims=(16, 32, 64),
-        width=256,
-        collapse_z_dims=(8,) * 8,
-        collapse_epochs=10,
-        n_compare=500,
-    ),
-    attack=AttackSettings(
-        per_class=50,
-        steps=100,
-        restarts=5,
-        step_grid=(1, 5, 20, 50, 100),
-        restart_grid=(1, 5),
-    ),
-    tv_bound=TVBoundSettings(),
-    defence=DefenceSettings(
-        per_class=20,
-        steps_grid=(0, 10, 50, 100, 500),
-        num_warmup=100,
-        encoder_steps=2_000,
-        encoder_samples=8,
-    ),
-    open_questions=OpenQuestionsSettings(
-        per_class=10,
-        attack_steps=100,
-        adaptive_steps_grid=(5, 20),
-        adaptive_hmc_steps=10,
-        eot_samples=4,
-        defence_steps_grid=(0, 10, 50, 100),
-        betas=(1.0, 2.0, 5.0),
-        gap_k=1_000,
-        n_ood=500,
-        ood_k=1_000,
-        ood_hmc_steps=50,
-        decoder_step_grid=(1, 2, 5, 20, 100),
-        denoiser_attack_steps=50,
-        denoiser_eot=4,
-        denoiser_draws=8,
-    ),
-    diffusion=DiffusionSettings(
-        data="fashion_mnist",
-        ood_data="mnist",
-        image_size=32,
-        T=500,
-        channels=32,
-        channel_mults=(1, 2, 2, 2),
-        res_blocks=2,
-        attention_resolutions=(16,),
-        dropout=0.1,
-        train_steps=4_000,
-        dae_steps=1_000,
-        batch_size=128,
-        lr=2e-4,
-        ema_decay=0.999,
-        beta_1s=(0.2, 0.1, 0.001),
-        n_samples=500,
-        classifier_steps=2_000,
-        n_denoise=500,
-        generator_beta_1s=(0.1,),
-        generator_init="ddpm",
-        generator_steps=1_000,
-        dae_init="ddpm",
-    ),
-)
-
 FULL = Profile(
     name="full",
     seed=0,
@@ -633,6 +543,56 @@ FULL = Profile(
         generator_init="scratch",
         generator_steps=60_000,
         dae_init="scratch",
+    ),
+)
+
+# One Colab-class GPU (a T4: 16 GB, about 8 TFLOPS in float32): the full profile's data
+# and settings with fewer epochs, references, chains and samples. The VAE chapters keep
+# the authors' MNIST model (32/64/96/128 channels, z = 64); the diffusion chapters keep
+# the authors' 32×32 and T = 500 with a UNet of 32 base channels and 2 residual blocks
+# (0.84 GFLOP per forward pass, a fifth of the authors' 4.2), so that training and
+# sampling fit the chapter.
+GPU = replace(
+    FULL,
+    name="gpu",
+    vae=replace(
+        FULL.vae,
+        epochs=30,
+        patience=10,
+        iwae_ks=(1, 10, 100, 1_000),
+        n_test=1_000,
+        local_steps=300,
+        n_local=100,
+    ),
+    hvae=replace(FULL.hvae, collapse_epochs=10, n_compare=500),
+    attack=replace(
+        FULL.attack, per_class=50, step_grid=(1, 5, 20, 50, 100), restart_grid=(1, 5)
+    ),
+    open_questions=replace(
+        FULL.open_questions,
+        per_class=10,
+        adaptive_steps_grid=(5, 20),
+        betas=(1.0, 2.0, 5.0),
+        n_ood=500,
+        ood_hmc_steps=50,
+    ),
+    diffusion=replace(
+        FULL.diffusion,
+        channels=32,
+        res_blocks=2,
+        dropout=0.1,
+        train_steps=4_000,
+        dae_steps=1_000,
+        lr=2e-4,
+        ema_decay=0.999,
+        beta_1s=(0.2, 0.1, 0.001),
+        n_samples=500,
+        classifier_steps=2_000,
+        n_denoise=500,
+        generator_beta_1s=(0.1,),
+        generator_init="ddpm",
+        generator_steps=1_000,
+        dae_init="ddpm",
     ),
 )
 
