@@ -60,6 +60,8 @@ class Counts:
     leapfrog: int
     batches: tuple[int, ...]
     bench_repeats: int
+    attack_bench_steps: int
+    hmc_transitions: int | None  # per batch; None: bench_hmc's own 20 / 10 / 3
     unet_batch: int
     unet_steps: int
     sample_batch: int
@@ -76,6 +78,8 @@ GPU_RUN = Counts(
     leapfrog=20,
     batches=(1, 64, 1024),
     bench_repeats=3,
+    attack_bench_steps=20,
+    hmc_transitions=None,
     unet_batch=128,
     unet_steps=20,
     sample_batch=500,
@@ -91,6 +95,8 @@ DRY_RUN = Counts(
     leapfrog=2,
     batches=(1, 4),
     bench_repeats=1,
+    attack_bench_steps=5,
+    hmc_transitions=2,
     unet_batch=2,
     unet_steps=2,
     sample_batch=2,
@@ -247,14 +253,18 @@ def benchmarks(device: torch.device, counts: Counts) -> str:
         model,
         device=device,
         batches=counts.batches,
-        steps=5 if counts is DRY_RUN else bench_attack.STEPS,
+        steps=counts.attack_bench_steps,
         repeats=counts.bench_repeats,
     )
     model = model.to(device)
     hmc_rows = bench_hmc.measure(
         model,
         batches=counts.batches,
-        transitions={b: 2 for b in counts.batches} if counts is DRY_RUN else None,
+        transitions=(
+            None
+            if counts.hmc_transitions is None
+            else {b: counts.hmc_transitions for b in counts.batches}
+        ),
         repeats=counts.bench_repeats,
     )
     return "\n".join(
