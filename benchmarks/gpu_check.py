@@ -43,6 +43,7 @@ from companion.attacks import AttackConfig, unsupervised_attack  # noqa: E402
 from companion.defence import defence_curve  # noqa: E402
 from companion.metrics import ms_ssim  # noqa: E402
 from companion.models import ConvVAE, VAEConfig  # noqa: E402
+from companion.timing import Stopwatch  # noqa: E402
 from companion.train import TrainConfig, evaluate_elbo, train_vae  # noqa: E402
 
 
@@ -145,16 +146,14 @@ def paper_vae(device: torch.device, counts: Counts) -> tuple[ConvVAE, str]:
         patience=counts.vae_epochs,
         progress=False,
     )
-    start = time.perf_counter()
-    train_vae(
-        model=model,
-        train_images=train.images[: counts.n_train],
-        valid_images=valid.images,
-        config=config,
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    with Stopwatch(device=device) as clock:
+        train_vae(
+            model=model,
+            train_images=train.images[: counts.n_train],
+            valid_images=valid.images,
+            config=config,
+        )
+    seconds = clock.seconds
     x = data.binarize(test.images, generator=torch.Generator().manual_seed(0))
     test_elbo = evaluate_elbo(model=model, images=x.to(device)).mean().item()
     channels = "/".join(map(str, vs.channels))
@@ -179,33 +178,31 @@ def paper_defence(model: ConvVAE, device: torch.device, counts: Counts) -> str:
     test = data.load_images(name="mnist_5k", split="test")
     x = test.images[: counts.chains].to(device)
     gen = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
-    attacked = unsupervised_attack(
-        model,
-        x,
-        config=AttackConfig(
-            radius=0.1, steps=counts.attack_steps, restarts=counts.attack_restarts
-        ),
-        generator=gen,
-    ).x_adv
-    attack_s = time.perf_counter() - start
+    with Stopwatch(device=device) as clock:
+        attacked = unsupervised_attack(
+            model,
+            x,
+            config=AttackConfig(
+                radius=0.1, steps=counts.attack_steps, restarts=counts.attack_restarts
+            ),
+            generator=gen,
+        ).x_adv
+    attack_s = clock.seconds
     with torch.no_grad():
         clean_rec = model.reconstruct(x)
     rows, seconds = [], {}
     scores: dict[str, dict[int, float]] = {}
     for name, inputs in (("attacked", attacked), ("clean", x)):
-        start = time.perf_counter()
-        curve = defence_curve(
-            model,
-            inputs,
-            steps_grid=counts.steps_grid,
-            num_leapfrog=counts.leapfrog,
-            num_warmup=counts.warmup,
-            generator=gen,
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds[name] = time.perf_counter() - start
+        with Stopwatch(device=device) as clock:
+            curve = defence_curve(
+                model,
+                inputs,
+                steps_grid=counts.steps_grid,
+                num_leapfrog=counts.leapfrog,
+                num_warmup=counts.warmup,
+                generator=gen,
+            )
+        seconds[name] = clock.seconds
         with torch.no_grad():
             scores[name] = {
                 t: ms_ssim(torch.sigmoid(model.decoder_logits(r.z)), clean_rec)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+
+from companion.timing import Stopwatch
 
 
 def median_time(
@@ -16,18 +17,13 @@ def median_time(
     (the median shrugs off one slow run).
 
     On a CUDA ``device`` the clock stops only once the GPU has finished the call's
-    kernels (``torch.cuda.synchronize``), not when Python has queued them.
+    kernels (:class:`companion.timing.Stopwatch`), not when Python has queued them.
     """
-    cuda = device is not None and torch.device(device).type == "cuda"
     times = []
     for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+        with Stopwatch(device=device) as clock:
+            fn()
+        times.append(clock.seconds)
     return statistics.median(times)
 
 
