@@ -42,7 +42,8 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not smoke" tests
 
-# Every chapter under the gpu and full profiles at smoke counts (COMPANION_SMOKE=1) on
+# Every chapter under the gpu profile, chapters 7-9 under full (elsewhere its smoke
+# settings are gpu's), at smoke counts (COMPANION_SMOKE=1) on
 # MNIST-shaped files written from the embedded digits, and gpu-check's CPU dry run.
 smoke: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m smoke tests
