@@ -69,7 +69,8 @@ $(MATHJAX):
 	npm install --silent --no-audit --no-fund --prefix _build/mathjax mathjax@3.2.2
 
 browser: $(STAMP) $(MATHJAX)
-	$(BIN)/python tests/browser_check.py --html _build/html --mathjax $(MATHJAX) --known tests/browser_known.json
+	$(BIN)/python tests/browser_check.py --html _build/html --mathjax $(MATHJAX) --known tests/browser_known.json \
+	  --screenshots _build/screenshots
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
