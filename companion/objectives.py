@@ -132,10 +132,9 @@ def elbo(
 def default_evals_per_pass(device: torch.device) -> int:
     """Model evaluations per pass of the importance-sampling loops.
 
-    Measured on 2 CPU cores (``benchmarks/bench_iwae.py``): the 16×16 conv decoder of
-    chapter 2 is fastest at 32–128 evaluations per call, about 3× slower at 512 and 6×
-    slower in one pass of 64 000 (its activations no longer fit in cache). GPUs want
-    large passes.
+    Measured on 2 CPU cores (``benchmarks/bench_iwae.py``): chapter 2's 28×28 conv
+    decoder is fastest at 128 evaluations per call, 1.4× slower at 32, 2.1× at 512 and
+    2.4× at 4 096 (its activations no longer fit in cache). GPUs want large passes.
     """
     return 16_384 if device.type == "cuda" else 128
 
