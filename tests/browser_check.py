@@ -65,7 +65,8 @@ KINDS = (
     "maths",
 )
 WINDOW = (1300, 1000)
-# Chromium draws at most this many pixels tall in one screenshot.
+# Screenshots are cut at this height: only the longest chapters are taller, and a
+# taller window nears the 16 384 px texture size of Chromium's compositor.
 MAX_SCREENSHOT_PX = 16_000
 MIN_FIGURE_SCALE = 0.8
 REPORT_ID = "browser-check-report"
