@@ -53,6 +53,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 KINDS = (
     "code",
     "output",
@@ -205,8 +207,6 @@ def probe(*, repo: str, notebook: str | None) -> str:
 
 def repository_slug(config: Path) -> str:
     """``owner/name`` of the GitHub repository in the book's ``_config.yml``."""
-    import yaml
-
     url = yaml.safe_load(config.read_text(encoding="utf-8"))["repository"]["url"]
     match = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)/?", url)
     if not match:
