@@ -278,6 +278,8 @@ class OpenQuestionsSettings:
         eot_samples: chain-randomness draws averaged per adaptive-attack step.
         defence_steps_grid: T of the real defence that scores every attack.
         betas: KL weights of the β-VAEs (1 is chapter 2's VAE).
+        beta_epochs: epochs each β-VAE trains on the β-ELBO, starting from chapter 2's
+            trained VAE.
         gap_k: importance samples of the IWAE bound in the approximation gap.
         gap_elbo_samples: Monte Carlo samples of the ELBO in the approximation gap.
         n_ood: in- and out-of-distribution images scored in the OOD section.
@@ -303,6 +305,7 @@ class OpenQuestionsSettings:
     eot_samples: int = 2
     defence_steps_grid: tuple[int, ...] = (0, 10, 50)
     betas: tuple[float, ...] = (1.0, 2.0, 5.0)
+    beta_epochs: int = 10
     gap_k: int = 500
     gap_elbo_samples: int = 100
     n_ood: int = 200
@@ -511,6 +514,7 @@ FULL = Profile(
         eot_samples=4,
         defence_steps_grid=(0, 10, 50, 100),
         betas=(1.0, 2.0, 5.0, 10.0),
+        beta_epochs=50,
         gap_k=1_000,
         n_ood=1_000,
         ood_k=1_000,
@@ -573,6 +577,7 @@ GPU = replace(
         per_class=10,
         adaptive_steps_grid=(5, 20),
         betas=(1.0, 2.0, 5.0),
+        beta_epochs=10,
         n_ood=500,
         ood_hmc_steps=50,
     ),
@@ -726,6 +731,7 @@ def smoke_profile(profile: Profile) -> Profile:
             adaptive_leapfrog=1,
             eot_samples=min(oq.eot_samples, 2),
             defence_steps_grid=_grid(oq.defence_steps_grid),
+            beta_epochs=1,
             gap_k=4,
             gap_elbo_samples=4,
             n_ood=10,

@@ -11,6 +11,7 @@ again (``COMPANION_CACHE=0`` retrains every time).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 from typing import TYPE_CHECKING
@@ -73,11 +74,15 @@ def beta_vae(
     valid: ImageData,
     device: torch.device,
 ) -> tuple[ConvVAE, History]:
-    """Chapter 2's VAE trained on the β-ELBO (Higgins et al., 2017): only β differs
-    (cached).
+    """Chapter 2's VAE trained on the β-ELBO (Higgins et al., 2017) (cached).
 
-    β = 1 is chapter 2's VAE itself, weight for weight; β > 1 weighs the KL term more,
-    which widens the posteriors and shortens the codes. Early stopping reads the β-ELBO.
+    β = 1 is chapter 2's VAE itself, weight for weight. For β ≠ 1, chapter 2's trained
+    VAE trains on for ``profile.open_questions.beta_epochs`` more epochs with the KL
+    weighted by β, which widens the posteriors and shortens the codes; early stopping
+    reads the β-ELBO. Every β-VAE thus shares chapter 2's initialisation, data order
+    and first epochs, so what differs between them is what β did, and the chapter
+    that compares them trains a fraction of an epoch budget per model (the returned
+    history covers those last epochs only).
 
     Raises:
         ValueError: β not positive.
@@ -89,15 +94,31 @@ def beta_vae(
         z_dim=profile.vae.z_dim,
         channels=profile.vae.channels,
     )
-    return _trained(
+    plain = training_budget(profile)
+    vae, history = _trained(
         profile,
         lambda: ConvVAE(config),
         config=config,
-        budget=training_budget(profile, beta=beta),
+        budget=plain,
         train=train,
         valid=valid,
         device=device,
-        name="vae" if beta == 1 else f"vae-beta{beta:g}",
+        name="vae",
+    )
+    if beta == 1:
+        return vae, history
+    return _trained(
+        profile,
+        lambda: copy.deepcopy(vae),
+        config=config,
+        budget=training_budget(
+            profile, beta=beta, epochs=profile.open_questions.beta_epochs
+        ),
+        train=train,
+        valid=valid,
+        device=device,
+        name=f"vae-beta{beta:g}",
+        start=dict(recipe="vae", budget=plain),
     )
 
 
@@ -134,8 +155,13 @@ def _trained(
     valid: ImageData,
     device: torch.device,
     name: str,
+    start: dict | None = None,
 ):
-    """Seed, build and train a VAE with ``budget``, through the disk cache."""
+    """Seed, build and train a VAE with ``budget``, through the disk cache.
+
+    ``start`` names the trained model that ``make`` copies, when training continues from
+    one (it joins the cache key); None: ``make`` builds a fresh model.
+    """
     key = dict(
         recipe=name,
         config=config,
@@ -145,6 +171,8 @@ def _trained(
         train=_digest(train.images),
         valid=_digest(valid.images),
     )
+    if start is not None:
+        key["start"] = start
 
     def build():
         seed_everything(profile.seed)

@@ -18,6 +18,7 @@ TINY = replace(
     data=replace(QUICK.data, image_size=8),
     vae=replace(QUICK.vae, z_dim=4, channels=(8,), epochs=2, batch_size=64),
     hvae=replace(QUICK.hvae, z_dims=(2, 3), width=8),
+    open_questions=replace(QUICK.open_questions, beta_epochs=1),
 )
 
 
@@ -112,6 +113,28 @@ def test_the_beta_recipe_at_beta_one_is_chapter_twos_vae_and_other_betas_differ(
             plain.state_dict().values(), other.state_dict().values(), strict=True
         )
     )
+
+
+def test_a_beta_vae_trains_on_from_chapter_twos_trained_vae(monkeypatch) -> None:
+    monkeypatch.setenv("COMPANION_CACHE", "0")
+    train, valid = _splits()
+    cpu = torch.device("cpu")
+    plain, _ = recipes.chapter2_vae(TINY, train=train, valid=valid, device=cpu)
+    starts = []
+    real_train_vae = recipes.train_vae
+
+    def spy(*, model, config, **data):
+        starts.append((copy.deepcopy(model.state_dict()), config))
+        return real_train_vae(model=model, config=config, **data)
+
+    monkeypatch.setattr(recipes, "train_vae", spy)
+    _, history = recipes.beta_vae(TINY, beta=5.0, train=train, valid=valid, device=cpu)
+    # Without the cache chapter 2's VAE trains again first, then the β-VAE from it.
+    (_, first), (start, config) = starts
+    assert first.beta == 1.0 and config.beta == 5.0
+    assert config.epochs == TINY.open_questions.beta_epochs == len(history.train_loss)
+    for (name, a), b in zip(plain.state_dict().items(), start.values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_the_beta_recipe_refuses_a_non_positive_beta() -> None:
