@@ -239,25 +239,31 @@ def output_shift(
 
     The outputs for x^a and x^r are compared under the *same* noise draws, so the score
     counts what the perturbation did; :func:`noise_spread` gives the scale to read it
-    against.
+    against. Several sets of attacked images (say, two attacks and a random baseline)
+    can be scored under one set of draws: the clean outputs are then computed once.
 
     Args:
-        clean, attacked: (B, C, H, W) pixels in [0, 1].
+        clean: (B, C, H, W) pixels in [0, 1].
+        attacked: (B, C, H, W), or (S, B, C, H, W) for S sets of attacked images of the
+            same references, pixels in [0, 1].
         draws: fresh noise draws averaged (>= 1), when ``noise`` is not given.
         noise: draws to use instead of fresh ones, with leading shape (E,) (e.g. the
             ones :func:`denoiser_attack` was tuned to).
         generator: seeds the fresh draws.
 
     Returns:
-        (B,) root mean squared differences over pixels and draws (pixels in [0, 1]).
+        (B,), or (S, B) for stacked sets: root mean squared differences over pixels and
+        draws (pixels in [0, 1]).
     """
     check_images(clean, shape=denoiser.image_shape)
-    check_images(attacked, shape=denoiser.image_shape)
-    if clean.shape != attacked.shape:
+    stacked = attacked.dim() == clean.dim() + 1
+    sets = attacked if stacked else attacked.unsqueeze(0)
+    if sets.shape[1:] != clean.shape:
         raise ValueError(
-            f"clean and attacked images differ in shape: {tuple(clean.shape)} vs "
-            f"{tuple(attacked.shape)}"
+            f"attacked images must have the clean images' shape {tuple(clean.shape)}, "
+            f"or a leading set dimension before it; got {tuple(attacked.shape)}"
         )
+    check_images(sets.flatten(0, 1), shape=denoiser.image_shape)
     _check_draws(draws)
     b = clean.shape[0]
     paired = (
@@ -269,10 +275,20 @@ def output_shift(
     )
     e, flat = paired.start.shape[0], _batched(paired)
     with _evaluating(denoiser):
-        moved = denoiser(attacked.repeat(e, 1, 1, 1), noise=flat) - denoiser(
-            clean.repeat(e, 1, 1, 1), noise=flat
+        reference = denoiser(clean.repeat(e, 1, 1, 1), noise=flat)
+        shifts = torch.stack(
+            [
+                (denoiser(images.repeat(e, 1, 1, 1), noise=flat) - reference)
+                .pow(2)
+                .flatten(1)
+                .mean(1)
+                .view(e, b)
+                .mean(0)
+                .sqrt()
+                for images in sets
+            ]
         )
-    return moved.pow(2).flatten(1).mean(1).view(e, b).mean(0).sqrt()
+    return shifts if stacked else shifts[0]
 
 
 @torch.no_grad()

@@ -152,6 +152,20 @@ def test_output_shift_separates_the_perturbations_effect_from_the_noises() -> No
     assert noise_spread(deterministic, x, draws=2).max() < 0.05
 
 
+def test_stacked_attacked_sets_score_as_each_set_alone_under_the_same_draws() -> None:
+    denoiser = Denoiser.backward(_ddpm(), k=4)
+    x = _images()
+    sets = torch.stack([x, (x + 0.1).clamp(0, 1), (x - 0.2).clamp(0, 1)])
+    noise = draw_noise(
+        denoiser, batch=6, draws=(2,), generator=torch.Generator().manual_seed(3)
+    )
+    stacked = output_shift(denoiser, clean=x, attacked=sets, noise=noise)
+    assert stacked.shape == (3, 6) and torch.all(stacked[0] == 0)
+    for images, shift in zip(sets, stacked, strict=True):
+        alone = output_shift(denoiser, clean=x, attacked=images, noise=noise)
+        torch.testing.assert_close(shift, alone)
+
+
 def test_bad_input_is_refused_with_a_clear_message() -> None:
     ddpm, x = _ddpm(), _images()
     for k in (0, T + 1):
@@ -163,8 +177,9 @@ def test_bad_input_is_refused_with_a_clear_message() -> None:
         denoiser_attack(denoiser, x, config=config, eot_samples=0)
     with pytest.raises(ValueError, match="shape"):
         denoiser_attack(denoiser, torch.rand(2, 1, 16, 16), config=config)
-    with pytest.raises(ValueError, match="differ in shape"):
-        output_shift(denoiser, clean=x, attacked=x[:2])
+    for wrong in (x[:2], x[None, :2]):
+        with pytest.raises(ValueError, match="clean images' shape"):
+            output_shift(denoiser, clean=x, attacked=wrong)
     with pytest.raises(ValueError, match="draws"):
         output_shift(denoiser, clean=x, attacked=x, draws=0)
     with pytest.raises(ValueError, match="draws"):
