@@ -299,11 +299,15 @@ class OpenQuestionsSettings:
     radius: float = 0.2
     per_class: int = 5
     attack_steps: int = 50
-    adaptive_steps_grid: tuple[int, ...] = (5, 20)
+    # On the quick profile's VAE (seed 0) the adaptive attack after 5 steps leaves the
+    # defended reconstructions where 10 and 20 steps leave them (MS-SSIM 0.46-0.48), and
+    # the defence after 25 transitions scores every input within 0.02 of 50: the grids
+    # stop there, so that chapter 9 runs in its five minutes.
+    adaptive_steps_grid: tuple[int, ...] = (2, 5)
     adaptive_hmc_steps: int = 5
     adaptive_leapfrog: int = 5
     eot_samples: int = 2
-    defence_steps_grid: tuple[int, ...] = (0, 10, 50)
+    defence_steps_grid: tuple[int, ...] = (0, 10, 25)
     betas: tuple[float, ...] = (1.0, 2.0, 5.0)
     beta_epochs: int = 10
     gap_k: int = 500
@@ -314,7 +318,9 @@ class OpenQuestionsSettings:
     decoder_step_grid: tuple[int, ...] = (1, 2, 5, 20)
     power_iterations: int = 20
     denoiser_beta_1s: tuple[float, ...] = (0.001, 0.2)
-    denoiser_attack_steps: int = 20
+    # The output shifts after 10 steps are within 3 % of those after 20 (quick profile,
+    # seed 0, every denoiser and k): the attack has converged.
+    denoiser_attack_steps: int = 10
     denoiser_eot: int = 2
     denoiser_draws: int = 4
 
@@ -462,7 +468,7 @@ QUICK = Profile(
     attack=AttackSettings(),
     tv_bound=TVBoundSettings(),
     defence=DefenceSettings(),
-    # one β-VAE besides chapter 2's (each takes as long to train as chapter 2's VAE)
+    # one β-VAE besides chapter 2's (its 10 epochs from chapter 2's VAE take 25 s)
     open_questions=OpenQuestionsSettings(betas=(1.0, 5.0), n_ood=100),
 )
 
