@@ -43,6 +43,7 @@ __all__ = [
     "Denoiser",
     "DenoiserNoise",
     "draw_noise",
+    "denoise",
     "denoiser_attack",
     "output_shift",
     "noise_spread",
@@ -172,6 +173,26 @@ def _batched(noise: DenoiserNoise, *, restarts: int = 1) -> DenoiserNoise:
     )
 
 
+def denoise(
+    denoiser: Denoiser, images: torch.Tensor, *, noise: DenoiserNoise
+) -> torch.Tensor:
+    """The denoiser's outputs for the same images under each of several draws, in one
+    batch, weights frozen and in eval mode.
+
+    Args:
+        images: (B, C, H, W) pixels in [0, 1].
+        noise: draws with leading shape (E,) (:func:`draw_noise` with ``draws=(E,)``).
+
+    Returns:
+        (E, B, C, H, W) pixels, differentiable in ``images``.
+    """
+    check_images(images, shape=denoiser.image_shape)
+    e = noise.start.shape[0]
+    with _evaluating(denoiser):
+        out = denoiser(images.repeat(e, 1, 1, 1), noise=_batched(noise))
+    return out.view(e, *images.shape)
+
+
 def denoiser_attack(
     denoiser: Denoiser,
     x_ref: torch.Tensor,
@@ -273,21 +294,17 @@ def output_shift(
             denoiser, batch=b, draws=(draws,), generator=generator, device=clean.device
         )
     )
-    e, flat = paired.start.shape[0], _batched(paired)
-    with _evaluating(denoiser):
-        reference = denoiser(clean.repeat(e, 1, 1, 1), noise=flat)
-        shifts = torch.stack(
-            [
-                (denoiser(images.repeat(e, 1, 1, 1), noise=flat) - reference)
-                .pow(2)
-                .flatten(1)
-                .mean(1)
-                .view(e, b)
-                .mean(0)
-                .sqrt()
-                for images in sets
-            ]
-        )
+    reference = denoise(denoiser, clean, noise=paired)
+    shifts = torch.stack(
+        [
+            (denoise(denoiser, images, noise=paired) - reference)
+            .pow(2)
+            .flatten(2)
+            .mean((0, 2))
+            .sqrt()
+            for images in sets
+        ]
+    )
     return shifts if stacked else shifts[0]
 
 
@@ -316,12 +333,10 @@ def noise_spread(
     pairs = draw_noise(
         denoiser, batch=b, draws=(2, draws), generator=generator, device=images.device
     )
-    repeated = images.repeat(draws, 1, 1, 1)
-    with _evaluating(denoiser):
-        spread = denoiser(repeated, noise=_batched(_select(pairs, 0))) - denoiser(
-            repeated, noise=_batched(_select(pairs, 1))
-        )
-    return spread.pow(2).flatten(1).mean(1).view(draws, b).mean(0).sqrt()
+    spread = denoise(denoiser, images, noise=_select(pairs, 0)) - denoise(
+        denoiser, images, noise=_select(pairs, 1)
+    )
+    return spread.pow(2).flatten(2).mean((0, 2)).sqrt()
 
 
 def _check_draws(draws: int) -> None:

@@ -11,6 +11,8 @@ from companion.attacks import AttackConfig, random_noise
 from companion.diffusion import DDPM, DenoisingAutoencoder, make_schedule
 from companion.diffusion.attacks import (
     Denoiser,
+    DenoiserNoise,
+    denoise,
     denoiser_attack,
     draw_noise,
     noise_spread,
@@ -150,6 +152,20 @@ def test_output_shift_separates_the_perturbations_effect_from_the_noises() -> No
         _dae(beta_1=1e-4)
     )  # k = 1: ε enters scaled by √(1 − ᾱ_1) ≈ 0.06
     assert noise_spread(deterministic, x, draws=2).max() < 0.05
+
+
+def test_denoise_runs_every_draw_in_one_batch_as_each_draw_alone() -> None:
+    denoiser = Denoiser.backward(_ddpm(), k=3)
+    x = _images()
+    noise = draw_noise(
+        denoiser, batch=6, draws=(3,), generator=torch.Generator().manual_seed(5)
+    )
+    outputs = denoise(denoiser, x, noise=noise)
+    assert outputs.shape == (3, *x.shape)
+    for e in range(3):
+        alone = DenoiserNoise(start=noise.start[e], steps=noise.steps[e])
+        with torch.no_grad():
+            torch.testing.assert_close(outputs[e], denoiser(x, noise=alone))
 
 
 def test_stacked_attacked_sets_score_as_each_set_alone_under_the_same_draws() -> None:
