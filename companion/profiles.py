@@ -468,7 +468,7 @@ QUICK = Profile(
     attack=AttackSettings(),
     tv_bound=TVBoundSettings(),
     defence=DefenceSettings(),
-    # one β-VAE besides chapter 2's (its 10 epochs from chapter 2's VAE take 25 s)
+    # one β-VAE besides chapter 2's (its 10 epochs from chapter 2's VAE take about 25 s)
     open_questions=OpenQuestionsSettings(betas=(1.0, 5.0), n_ood=100),
 )
 

@@ -80,9 +80,9 @@ def beta_vae(
     VAE trains on for ``profile.open_questions.beta_epochs`` more epochs with the KL
     weighted by β, which widens the posteriors and shortens the codes; early stopping
     reads the β-ELBO. Every β-VAE thus shares chapter 2's initialisation, data order
-    and first epochs, so what differs between them is what β did, and the chapter
-    that compares them trains a fraction of an epoch budget per model (the returned
-    history covers those last epochs only).
+    and training run, so what differs from chapter 2's VAE is β and those few more
+    epochs, and each β-VAE costs a fraction of a training run (the returned history
+    covers those last epochs only).
 
     Raises:
         ValueError: β not positive.
