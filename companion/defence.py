@@ -84,9 +84,9 @@ def refine_posterior(
             (dual averaging); 0 keeps ``step_size`` for all chains.
         step_size: initial (or, without warm-up, fixed) leapfrog step size.
         backend: one of :data:`BACKENDS`. ``numpyro`` needs
-            ``pip install "companion[numpyro]"``; its first call for a given model
-            architecture, batch size and settings compiles (seconds), later calls reuse
-            the compiled program.
+            ``pip install "vae-robustness-companion[numpyro]"``; its first call for a
+            given model architecture, batch size and settings compiles (seconds), later
+            calls reuse the compiled program.
         generator: torch generator of the start codes and of the chains (the NumPyro
             backend seeds its JAX key from it, so seeded runs repeat exactly).
         torch_compile: run the torch backend's log joint through ``torch.compile``. Its

@@ -28,7 +28,7 @@ from gaussian_checks import assert_matches_gaussian
 # a bare install skips them
 needs_numpyro = pytest.mark.skipif(
     importlib.util.find_spec("numpyro") is None,
-    reason='needs pip install "companion[numpyro]"',
+    reason='needs pip install "vae-robustness-companion[numpyro]"',
 )
 BACKENDS = ["torch", pytest.param("numpyro", marks=needs_numpyro)]
 

@@ -48,7 +48,8 @@ except (
     ImportError
 ) as error:  # pragma: no cover - exercised through companion.hmc.numpyro
     raise ImportError(
-        'the NumPyro backend needs JAX and NumPyro: pip install "companion[numpyro]"'
+        "the NumPyro backend needs JAX and NumPyro: "
+        'pip install "vae-robustness-companion[numpyro]"'
     ) from error
 
 __all__ = [

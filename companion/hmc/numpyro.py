@@ -50,7 +50,8 @@ try:
     from numpyro.infer.hmc_util import dual_averaging
 except ImportError as error:
     raise ImportError(
-        'the NumPyro backend needs JAX and NumPyro: pip install "companion[numpyro]"'
+        "the NumPyro backend needs JAX and NumPyro: "
+        'pip install "vae-robustness-companion[numpyro]"'
     ) from error
 
 from companion.hmc.jax_models import SUPPORTED_MODELS, PortedModel, port  # noqa: E402 (needs JAX)

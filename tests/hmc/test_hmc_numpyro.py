@@ -13,7 +13,8 @@ import pytest
 import torch
 
 pytest.importorskip(
-    "numpyro", reason='the NumPyro backend needs pip install "companion[numpyro]"'
+    "numpyro",
+    reason='the NumPyro backend needs pip install "vae-robustness-companion[numpyro]"',
 )
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
