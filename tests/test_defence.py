@@ -409,7 +409,9 @@ def test_without_the_numpyro_extra_the_error_says_what_to_install(
         monkeypatch.delitem(sys.modules, name, raising=False)
     for name in ("jax", "numpyro", "numpyro.infer.hmc", "numpyro.infer.hmc_util"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
-    with pytest.raises(ImportError, match=r'pip install "companion\[numpyro\]"'):
+    with pytest.raises(
+        ImportError, match=r'pip install "vae-robustness-companion\[numpyro\]"'
+    ):
         refine_posterior(_vae(), x, steps=1, backend="numpyro")
 
 

@@ -300,5 +300,7 @@ def test_without_jax_and_numpyro_the_error_names_the_extra_to_install(
         monkeypatch.setitem(
             sys.modules, name, None
         )  # "import <name>" now raises ImportError
-    with pytest.raises(ImportError, match=r'pip install "companion\[numpyro\]"'):
+    with pytest.raises(
+        ImportError, match=r'pip install "vae-robustness-companion\[numpyro\]"'
+    ):
         import companion.hmc.numpyro  # noqa: F401
