@@ -5,12 +5,18 @@ perceives differently from the reference x^r:
 
 * unsupervised: maximise SKL[q(z | x^r + ε), q(z | x^r)];
 * supervised: minimise SKL[q(z | x^r + ε), q(z | x^t)] for a chosen target x^t;
-* downstream: maximise the cross-entropy of a classifier reading the latent mean.
+* downstream: maximise the cross-entropy of a classifier reading the latent mean;
+* posterior: maximise KL[p(z | x^r) ‖ p(z | x^r + ε)], the shift of the model's own
+  posterior (:func:`posterior_shift`), which no sampler of p(z | x^a) can undo;
+* encoder-only: the unsupervised objective minus λ times that posterior shift, so that
+  the attack moves q(z | x) while holding the model's posterior where it was.
 
-All three are projected gradient ascent (:func:`pgd`) on one objective, batched over
-references × random restarts in a single tensor: sign steps for L∞ balls, normalised
-steps for L2 balls, or Adam on ε, each followed by the projection onto the ball and the
-pixel box. The best restart of every reference is kept.
+The last two separate what the HMC defence can take back (the encoder's excess) from
+what it cannot (the posterior's own shift). All of them are projected gradient ascent
+(:func:`pgd`) on one objective, batched over references × random restarts in a single
+tensor: sign steps for L∞ balls, normalised steps for L2 balls, or Adam on ε, each
+followed by the projection onto the ball and the pixel box. The best restart of every
+reference is kept.
 
 SKL is the symmetric KL, in closed form for diagonal Gaussians and summed over the
 latent groups of a hierarchical model. Symmetric because an attack should count both
@@ -41,6 +47,9 @@ __all__ = [
     "unsupervised_attack",
     "supervised_attack",
     "classifier_attack",
+    "posterior_shift",
+    "posterior_attack",
+    "encoder_attack",
     "random_noise",
 ]
 
@@ -375,6 +384,151 @@ def classifier_attack(
     with frozen(model, classifier):
         return pgd(
             lambda x: loss(classifier(model.encode(x).mean), y),
+            x_ref=x_ref,
+            config=config,
+            generator=generator,
+        )
+
+
+def _reference_codes(q, *, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n codes z_k ~ q(z | x^r) per reference, (n, B, d), drawn with ``generator``
+    (diagonal Gaussians here; a hierarchical posterior samples itself)."""
+    if hasattr(q, "base_dist"):
+        shape = (n, *q.mean.shape)
+        noise = rng.randn(
+            shape, generator=generator, dtype=q.mean.dtype, device=q.mean.device
+        )
+        return q.mean + q.stddev * noise
+    return q.sample((n,), generator=generator)
+
+
+def _posterior_shift_fn(
+    model,
+    x_ref: torch.Tensor,
+    *,
+    n_codes: int,
+    repeats: int,
+    generator: torch.Generator | None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (repeats·B, C, H, W) -> (repeats·B,) estimates of KL[p(z | x^r) ‖ p(z | x)]
+    from one fixed set of codes per reference (so the estimate is a smooth function of
+    x that gradient ascent can follow)."""
+    if n_codes < 2:
+        raise ValueError(f"n_codes must be >= 2 to estimate a KL, got {n_codes}")
+    with torch.no_grad():
+        q = model.encode(x_ref)
+        z = _reference_codes(q, n=n_codes, generator=generator)  # (K, B, d)
+        # self-normalised importance weights of the codes towards p(z | x^r)
+        log_w = model.log_joint(z, x_ref) - q.log_prob(z)
+        log_w = torch.log_softmax(log_w, dim=0).repeat(1, repeats)  # (K, R·B)
+        z = z.repeat(1, repeats, 1)
+        likelihood = model.decode(z)  # p(x | z_k): the decoder runs once, here
+        ref = likelihood.log_prob(x_ref.repeat(repeats, *[1] * (x_ref.dim() - 1)))
+
+    def shift(x: torch.Tensor) -> torch.Tensor:
+        delta = (
+            likelihood.log_prob(x) - ref
+        )  # (K, R·B): ln p(x | z_k) − ln p(x^r | z_k)
+        return torch.logsumexp(log_w + delta, dim=0) - (log_w.exp() * delta).sum(0)
+
+    return shift
+
+
+def posterior_shift(
+    model,
+    x: torch.Tensor,
+    *,
+    x_ref: torch.Tensor,
+    n_codes: int = 256,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """KL[p(z | x^r) ‖ p(z | x)]: how far an input moves the model's own posterior.
+
+    Since p(z | x) ∝ p(z | x^r) exp Δ(z) with Δ(z) = ln p(x | z) − ln p(x^r | z) (the
+    prior cancels), the KL is ln E[exp Δ] − E[Δ] under p(z | x^r). Both expectations are
+    estimated with ``n_codes`` draws from the encoder q(z | x^r), self-normalised
+    towards p(z | x^r) by importance weights p(x^r, z) / q(z | x^r). The estimate is
+    ≥ 0 (Jensen), 0 at x = x^r, and about ½ Var[Δ] for small shifts. It measures the
+    part of an attack that no sampler of p(z | x^a) can undo.
+
+    Args:
+        model: ``encode``, ``decode`` and ``log_joint`` (any model of the package).
+        x: (B, C, H, W) inputs in [0, 1] (for instance attacked references).
+        x_ref: (B, C, H, W) their references.
+        n_codes: importance samples per reference.
+        generator: seeds the codes.
+
+    Returns:
+        (B,) nats.
+    """
+    _check_model_input(model, x_ref)
+    check_images(x, shape=tuple(model.image_shape))
+    if x.shape != x_ref.shape:
+        raise ValueError(
+            f"one reference per input: shapes {tuple(x.shape)} and {tuple(x_ref.shape)}"
+        )
+    shift = _posterior_shift_fn(
+        model, x_ref, n_codes=n_codes, repeats=1, generator=generator
+    )
+    with torch.no_grad():
+        return shift(x)
+
+
+def posterior_attack(
+    model,
+    x_ref: torch.Tensor,
+    *,
+    config: AttackConfig,
+    n_codes: int = 32,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Maximise the model's own posterior shift, KL[p(z | x^r) ‖ p(z | x^r + ε)]
+    (:func:`posterior_shift` with ``n_codes`` fixed codes; objective: that KL, nats).
+
+    The attack an HMC defence cannot take back: it aims at p(z | x^a) itself, which
+    the defence's chains sample.
+    """
+    _check_model_input(model, x_ref)
+    with frozen(model):
+        shift = _posterior_shift_fn(
+            model, x_ref, n_codes=n_codes, repeats=config.restarts, generator=generator
+        )
+        return pgd(shift, x_ref=x_ref, config=config, generator=generator)
+
+
+def encoder_attack(
+    model,
+    x_ref: torch.Tensor,
+    *,
+    config: AttackConfig,
+    penalty: float,
+    n_codes: int = 32,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Move the encoder, hold the model's posterior: maximise
+    SKL[q(z | x^r + ε), q(z | x^r)] − λ KL[p(z | x^r) ‖ p(z | x^r + ε)].
+
+    With λ = ``penalty`` large enough, x^a fools q(z | x) while p(z | x^a) stays close
+    to p(z | x^r), so what the attack wins is the encoder's excess alone: the part an
+    HMC defence should take back. λ = 0 is :func:`unsupervised_attack`.
+
+    Returns:
+        :class:`AttackResult` whose objective is the penalised one (nats).
+
+    Raises:
+        ValueError: a negative ``penalty``.
+    """
+    if penalty < 0:
+        raise ValueError(f"penalty λ must be >= 0, got {penalty}")
+    _check_model_input(model, x_ref)
+    with torch.no_grad():
+        q_ref = _repeat(model.encode(x_ref), config.restarts)
+    with frozen(model):
+        shift = _posterior_shift_fn(
+            model, x_ref, n_codes=n_codes, repeats=config.restarts, generator=generator
+        )
+        return pgd(
+            lambda x: symmetric_kl(model.encode(x), q_ref) - penalty * shift(x),
             x_ref=x_ref,
             config=config,
             generator=generator,

@@ -1,7 +1,8 @@
 """Tests for companion.attacks: the symmetric KL against torch's KL and a Monte Carlo
 estimate, feasibility of the projection and random starts (property tests), projected
 gradient ascent on objectives with a known maximiser, the three encoder attacks on tiny
-models, the random-noise baseline, and input validation."""
+models, the posterior shift against its exact value on a linear-Gaussian model and the
+attacks on it or held by it, the random-noise baseline, and input validation."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from companion.attacks import (
     AttackConfig,
     classifier_attack,
     diagonal_gaussians,
+    encoder_attack,
     pgd,
+    posterior_attack,
+    posterior_shift,
     project,
     random_noise,
     random_start,
@@ -601,6 +605,146 @@ def test_unsupervised_attack_works_on_a_hierarchical_vae() -> None:
         result.objective, _skl_to(model, result.x_adv, x_ref), rtol=1e-4, atol=1e-6
     )
     assert bool((result.objective > 0).all())
+
+
+class _ExactLinearImageModel(torch.nn.Module):
+    """A linear-Gaussian model on 2×2 "images", x = W z + c + σ ε, z ~ N(0, I), whose
+    encoder is the exact posterior (W's columns are orthogonal, so it is diagonal):
+    p(z | x) = N(Σ Wᵀ (x − c) / σ², Σ), Σ = (I + WᵀW / σ²)⁻¹. For two inputs the
+    posteriors share Σ, so KL[p(z | x^r) ‖ p(z | x)] = ½ Δμᵀ Σ⁻¹ Δμ exactly."""
+
+    image_shape = (1, 2, 2)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, -1.0]]) * 0.8
+        self.c = torch.full((4,), 0.5)
+        self.sigma = 0.3
+        self.cov = torch.linalg.inv(torch.eye(2) + self.w.T @ self.w / self.sigma**2)
+
+    def prior(self):
+        return _gaussian(torch.zeros(2), torch.ones(2))
+
+    def encode(self, x: torch.Tensor):
+        mean = (x.flatten(1) - self.c) @ self.w @ self.cov / self.sigma**2
+        return _gaussian(mean, self.cov.diagonal().sqrt().expand_as(mean))
+
+    def decode(self, z: torch.Tensor):
+        mean = (z @ self.w.T + self.c).unflatten(-1, self.image_shape)
+        return Independent(Normal(mean, self.sigma), 3)
+
+    def log_joint(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.prior().log_prob(z) + self.decode(z).log_prob(x)
+
+    def exact_shift(self, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+        d = self.encode(x).mean - self.encode(x_ref).mean
+        return 0.5 * ((d @ torch.linalg.inv(self.cov)) * d).sum(-1)
+
+
+def test_posterior_shift_matches_the_exact_kl_between_linear_gaussian_posteriors() -> (
+    None
+):
+    model = _ExactLinearImageModel()
+    x_ref = torch.tensor([0.5, 0.6, 0.4, 0.5]).view(1, 1, 2, 2).repeat(3, 1, 1, 1)
+    x = x_ref + torch.tensor([0.0, 0.1, 0.4]).view(3, 1, 1, 1)  # no, small, large move
+
+    shift = posterior_shift(
+        model,
+        x,
+        x_ref=x_ref,
+        n_codes=20_000,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    exact = model.exact_shift(x, x_ref)
+    assert float(exact[2]) > 1.0  # a move the estimate must get right, not just 0
+    torch.testing.assert_close(shift, exact, rtol=0.05, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [_vae, _hvae], ids=["vae", "hierarchical"])
+def test_posterior_shift_is_zero_at_the_reference_and_positive_elsewhere(make) -> None:
+    model = make()
+    x_ref = _images(3, seed=21)
+    x = (x_ref + 0.3 * (_images(3, seed=22) - 0.5)).clamp(0, 1)
+    gen = torch.Generator().manual_seed(0)
+
+    at_ref = posterior_shift(model, x_ref, x_ref=x_ref, n_codes=64, generator=gen)
+    moved = posterior_shift(model, x, x_ref=x_ref, n_codes=64, generator=gen)
+
+    torch.testing.assert_close(at_ref, torch.zeros(3), atol=1e-5, rtol=0)
+    assert bool((moved > 0).all()), moved
+
+
+def test_the_posterior_attack_moves_the_posterior_and_the_skl_attack_the_encoder() -> (
+    None
+):
+    model = _vae()
+    x_ref = _images(4, seed=23)
+    config = AttackConfig(radius=0.2, steps=20, restarts=2)
+
+    aimed = posterior_attack(
+        model, x_ref, config=config, generator=torch.Generator().manual_seed(0)
+    )
+    plain = unsupervised_attack(
+        model, x_ref, config=config, generator=torch.Generator().manual_seed(0)
+    )
+
+    _assert_feasible(aimed.x_adv, x_ref, radius=0.2, norm="linf")
+
+    def shift(x: torch.Tensor) -> torch.Tensor:  # fresh codes: no overfitting to them
+        gen = torch.Generator().manual_seed(99)
+        return posterior_shift(model, x, x_ref=x_ref, n_codes=512, generator=gen)
+
+    assert bool((shift(aimed.x_adv) > shift(plain.x_adv)).all())
+    assert bool(
+        (_skl_to(model, plain.x_adv, x_ref) > _skl_to(model, aimed.x_adv, x_ref)).all()
+    )
+
+
+def test_the_encoder_attack_fools_the_encoder_while_holding_the_posterior() -> None:
+    model = _vae()
+    x_ref = _images(4, seed=24)
+    config = AttackConfig(radius=0.2, steps=20, restarts=2)
+
+    held = encoder_attack(
+        model,
+        x_ref,
+        config=config,
+        penalty=50.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    plain = unsupervised_attack(
+        model, x_ref, config=config, generator=torch.Generator().manual_seed(0)
+    )
+
+    _assert_feasible(held.x_adv, x_ref, radius=0.2, norm="linf")
+    gen = torch.Generator().manual_seed(99)
+    held_shift = posterior_shift(
+        model, held.x_adv, x_ref=x_ref, n_codes=512, generator=gen
+    )
+    gen = torch.Generator().manual_seed(99)
+    plain_shift = posterior_shift(
+        model, plain.x_adv, x_ref=x_ref, n_codes=512, generator=gen
+    )
+    assert bool((held_shift < plain_shift).all()), (held_shift, plain_shift)
+    noisy = random_noise(
+        x_ref, like=held.x_adv, norm="linf", generator=torch.Generator().manual_seed(0)
+    )
+    assert bool(
+        (_skl_to(model, held.x_adv, x_ref) > _skl_to(model, noisy, x_ref)).all()
+    )
+
+
+def test_posterior_shift_and_its_attacks_reject_bad_settings() -> None:
+    model = _vae()
+    x_ref = _images(2, seed=25)
+    config = AttackConfig(radius=0.1, steps=1, restarts=1)
+    with pytest.raises(ValueError, match="penalty"):
+        encoder_attack(model, x_ref, config=config, penalty=-1.0)
+    with pytest.raises(ValueError, match="n_codes"):
+        posterior_attack(model, x_ref, config=config, n_codes=1)
+    with pytest.raises(ValueError, match="one reference per input"):
+        posterior_shift(model, x_ref[:1], x_ref=x_ref)
 
 
 class _SpyEncoder(torch.nn.Module):
