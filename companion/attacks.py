@@ -25,6 +25,7 @@ codes that q(z|x^a) puts where q(z|x^r) has none, and the reverse.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -406,6 +407,7 @@ def _posterior_shift_fn(
     model,
     x_ref: torch.Tensor,
     *,
+    codes: torch.Tensor | None,
     n_codes: int,
     repeats: int,
     generator: torch.Generator | None,
@@ -413,14 +415,26 @@ def _posterior_shift_fn(
     """x (repeats·B, C, H, W) -> (repeats·B,) estimates of KL[p(z | x^r) ‖ p(z | x)]
     from one fixed set of codes per reference (so the estimate is a smooth function of
     x that gradient ascent can follow)."""
-    if n_codes < 2:
-        raise ValueError(f"n_codes must be >= 2 to estimate a KL, got {n_codes}")
     with torch.no_grad():
-        q = model.encode(x_ref)
-        z = _reference_codes(q, n=n_codes, generator=generator)  # (K, B, d)
-        # self-normalised importance weights of the codes towards p(z | x^r)
-        log_w = model.log_joint(z, x_ref) - q.log_prob(z)
-        log_w = torch.log_softmax(log_w, dim=0).repeat(1, repeats)  # (K, R·B)
+        if codes is None:
+            if n_codes < 2:
+                raise ValueError(
+                    f"n_codes must be >= 2 to estimate a KL, got {n_codes}"
+                )
+            q = model.encode(x_ref)
+            z = _reference_codes(q, n=n_codes, generator=generator)  # (K, B, d)
+            # self-normalised importance weights of the codes towards p(z | x^r)
+            log_w = torch.log_softmax(model.log_joint(z, x_ref) - q.log_prob(z), dim=0)
+        else:
+            if codes.dim() != 3 or codes.shape[1] != len(x_ref) or len(codes) < 2:
+                raise ValueError(
+                    "codes must be (K >= 2, B, z_dim) draws from p(z | x^r), one "
+                    f"column per reference; got {tuple(codes.shape)} for {len(x_ref)} "
+                    "references"
+                )
+            z = codes
+            log_w = torch.full(z.shape[:2], -math.log(len(z)), device=z.device)
+        log_w = log_w.repeat(1, repeats)  # (K, R·B)
         z = z.repeat(1, repeats, 1)
         likelihood = model.decode(z)  # p(x | z_k): the decoder runs once, here
         ref = likelihood.log_prob(x_ref.repeat(repeats, *[1] * (x_ref.dim() - 1)))
@@ -439,6 +453,7 @@ def posterior_shift(
     x: torch.Tensor,
     *,
     x_ref: torch.Tensor,
+    codes: torch.Tensor | None = None,
     n_codes: int = 256,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -446,17 +461,24 @@ def posterior_shift(
 
     Since p(z | x) ∝ p(z | x^r) exp Δ(z) with Δ(z) = ln p(x | z) − ln p(x^r | z) (the
     prior cancels), the KL is ln E[exp Δ] − E[Δ] under p(z | x^r). Both expectations are
-    estimated with ``n_codes`` draws from the encoder q(z | x^r), self-normalised
-    towards p(z | x^r) by importance weights p(x^r, z) / q(z | x^r). The estimate is
-    ≥ 0 (Jensen), 0 at x = x^r, and about ½ Var[Δ] for small shifts. It measures the
-    part of an attack that no sampler of p(z | x^a) can undo.
+    averages over ``codes``, draws from p(z | x^r) (for instance the last states of HMC
+    chains on x^r: :func:`companion.defence.posterior_samples`). Without them,
+    ``n_codes`` draws from the encoder q(z | x^r) are self-normalised towards
+    p(z | x^r) by importance weights p(x^r, z) / q(z | x^r): exact on the
+    linear-Gaussian model, but
+    a VAE's posterior on 28×28 digits is so much narrower than its encoder that a few
+    codes carry all the weight (an effective sample size of about 2 of 32 on chapter
+    2's VAE), so pass posterior draws there. The estimate is ≥ 0 (Jensen), 0 at
+    x = x^r, and about ½ Var[Δ] for small shifts. It measures the part of an attack
+    that no sampler of p(z | x^a) can undo.
 
     Args:
         model: ``encode``, ``decode`` and ``log_joint`` (any model of the package).
         x: (B, C, H, W) inputs in [0, 1] (for instance attacked references).
         x_ref: (B, C, H, W) their references.
-        n_codes: importance samples per reference.
-        generator: seeds the codes.
+        codes: (K, B, z_dim) draws from p(z | x^r), K >= 2; None: importance sampling.
+        n_codes: importance samples per reference (without ``codes``).
+        generator: seeds the importance samples.
 
     Returns:
         (B,) nats.
@@ -468,7 +490,7 @@ def posterior_shift(
             f"one reference per input: shapes {tuple(x.shape)} and {tuple(x_ref.shape)}"
         )
     shift = _posterior_shift_fn(
-        model, x_ref, n_codes=n_codes, repeats=1, generator=generator
+        model, x_ref, codes=codes, n_codes=n_codes, repeats=1, generator=generator
     )
     with torch.no_grad():
         return shift(x)
@@ -479,11 +501,13 @@ def posterior_attack(
     x_ref: torch.Tensor,
     *,
     config: AttackConfig,
+    codes: torch.Tensor | None = None,
     n_codes: int = 32,
     generator: torch.Generator | None = None,
 ) -> AttackResult:
     """Maximise the model's own posterior shift, KL[p(z | x^r) ‖ p(z | x^r + ε)]
-    (:func:`posterior_shift` with ``n_codes`` fixed codes; objective: that KL, nats).
+    (:func:`posterior_shift` on fixed ``codes``, or ``n_codes`` importance samples;
+    objective: that KL, nats).
 
     The attack an HMC defence cannot take back: it aims at p(z | x^a) itself, which
     the defence's chains sample.
@@ -491,7 +515,12 @@ def posterior_attack(
     _check_model_input(model, x_ref)
     with frozen(model):
         shift = _posterior_shift_fn(
-            model, x_ref, n_codes=n_codes, repeats=config.restarts, generator=generator
+            model,
+            x_ref,
+            codes=codes,
+            n_codes=n_codes,
+            repeats=config.restarts,
+            generator=generator,
         )
         return pgd(shift, x_ref=x_ref, config=config, generator=generator)
 
@@ -502,6 +531,7 @@ def encoder_attack(
     *,
     config: AttackConfig,
     penalty: float,
+    codes: torch.Tensor | None = None,
     n_codes: int = 32,
     generator: torch.Generator | None = None,
 ) -> AttackResult:
@@ -510,7 +540,8 @@ def encoder_attack(
 
     With λ = ``penalty`` large enough, x^a fools q(z | x) while p(z | x^a) stays close
     to p(z | x^r), so what the attack wins is the encoder's excess alone: the part an
-    HMC defence should take back. λ = 0 is :func:`unsupervised_attack`.
+    HMC defence should take back. λ = 0 is :func:`unsupervised_attack`. ``codes`` and
+    ``n_codes`` are those of :func:`posterior_shift`.
 
     Returns:
         :class:`AttackResult` whose objective is the penalised one (nats).
@@ -525,7 +556,12 @@ def encoder_attack(
         q_ref = _repeat(model.encode(x_ref), config.restarts)
     with frozen(model):
         shift = _posterior_shift_fn(
-            model, x_ref, n_codes=n_codes, repeats=config.restarts, generator=generator
+            model,
+            x_ref,
+            codes=codes,
+            n_codes=n_codes,
+            repeats=config.restarts,
+            generator=generator,
         )
         return pgd(
             lambda x: symmetric_kl(model.encode(x), q_ref) - penalty * shift(x),

@@ -35,6 +35,7 @@ __all__ = [
     "refine_posterior",
     "defence_curve",
     "defence_curves",
+    "posterior_samples",
 ]
 
 BACKENDS = ("torch", "numpyro")
@@ -323,6 +324,46 @@ def defence_curves(
         ):
             out[name][t] = DefenceResult(*parts)
     return out
+
+
+def posterior_samples(
+    model,
+    x: torch.Tensor,
+    *,
+    n: int,
+    steps: int,
+    num_leapfrog: int = 10,
+    num_warmup: int = 0,
+    step_size: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """n draws from p(z | x) per input: the last states of n independent chains each.
+
+    Every input gets n chains, all in one batch, started at the encoder's samples and
+    run for ``num_warmup`` + ``steps`` transitions (:func:`refine_posterior`, torch
+    backend). What :func:`companion.attacks.posterior_shift` averages over.
+
+    Args:
+        x: (B, C, H, W) inputs in [0, 1].
+        n: chains (draws) per input, >= 1.
+        steps, num_leapfrog, num_warmup, step_size, generator: as for
+            :func:`refine_posterior`.
+
+    Returns:
+        (n, B, z_dim) codes.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1 draw per input, got {n}")
+    result = refine_posterior(
+        model,
+        x.repeat(n, *[1] * (x.dim() - 1)),
+        steps=steps,
+        num_leapfrog=num_leapfrog,
+        num_warmup=num_warmup,
+        step_size=step_size,
+        generator=generator,
+    )
+    return result.z.reshape(n, len(x), -1)
 
 
 class _Diagnostics(Protocol):

@@ -735,6 +735,33 @@ def test_the_encoder_attack_fools_the_encoder_while_holding_the_posterior() -> N
     )
 
 
+def test_posterior_shift_on_posterior_draws_matches_the_exact_kl() -> None:
+    model = _ExactLinearImageModel()
+    x_ref = torch.tensor([0.5, 0.6, 0.4, 0.5]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    x = x_ref + torch.tensor([0.1, 0.4]).view(2, 1, 1, 1)
+    q = model.encode(x_ref)  # the exact posterior
+    noise = torch.randn(200_000, 2, 2, generator=torch.Generator().manual_seed(0))
+    codes = q.mean + q.stddev * noise
+
+    shift = posterior_shift(model, x, x_ref=x_ref, codes=codes)
+
+    torch.testing.assert_close(shift, model.exact_shift(x, x_ref), rtol=0.05, atol=1e-5)
+
+
+def test_the_posterior_attacks_follow_the_codes_they_are_given() -> None:
+    model = _vae()
+    x_ref = _images(3, seed=26)
+    config = AttackConfig(radius=0.2, steps=10, restarts=2)
+    codes = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0))
+
+    aimed = posterior_attack(
+        model, x_ref, config=config, codes=codes, generator=torch.Generator()
+    )
+
+    on_codes = posterior_shift(model, aimed.x_adv, x_ref=x_ref, codes=codes)
+    torch.testing.assert_close(aimed.objective, on_codes, rtol=1e-4, atol=1e-6)
+
+
 def test_posterior_shift_and_its_attacks_reject_bad_settings() -> None:
     model = _vae()
     x_ref = _images(2, seed=25)
@@ -745,6 +772,8 @@ def test_posterior_shift_and_its_attacks_reject_bad_settings() -> None:
         posterior_attack(model, x_ref, config=config, n_codes=1)
     with pytest.raises(ValueError, match="one reference per input"):
         posterior_shift(model, x_ref[:1], x_ref=x_ref)
+    with pytest.raises(ValueError, match="one column per reference"):
+        posterior_shift(model, x_ref, x_ref=x_ref, codes=torch.zeros(8, 3, 4))
 
 
 class _SpyEncoder(torch.nn.Module):

@@ -13,7 +13,12 @@ import torch
 from torch.distributions import Independent, Normal
 
 from companion.data import load_images
-from companion.defence import defence_curve, defence_curves, refine_posterior
+from companion.defence import (
+    defence_curve,
+    defence_curves,
+    posterior_samples,
+    refine_posterior,
+)
 from companion.models import (
     ConvVAE,
     HierarchicalVAE,
@@ -462,3 +467,31 @@ def test_named_input_sets_get_exactly_their_rows_of_one_joint_batch_of_chains(
         torch.testing.assert_close(split["clean"][t].z, result.z[3:])
     with pytest.raises(ValueError, match="at least one set"):
         defence_curves(model, {}, steps_grid=[1])
+
+
+def test_posterior_samples_are_n_draws_per_input_from_the_exact_posterior() -> None:
+    g = torch.Generator().manual_seed(0)
+    model = _WronglyEncoded.random(
+        x_dim=4, z_dim=2, noise_std=0.3, generator=g
+    ).requires_grad_(False)
+    x = torch.tensor([[0.5] * 4, [0.2, 0.9, 0.4, 0.1]], dtype=torch.float64)
+
+    codes = posterior_samples(
+        model,
+        x,
+        n=1500,
+        steps=40,
+        num_warmup=40,
+        generator=torch.Generator().manual_seed(1),
+    )
+
+    assert codes.shape == (1500, 2, 2)
+    posterior = model.posterior(x)
+    for b in range(2):  # column b holds input b's draws
+        assert_matches_gaussian(
+            codes[:, b].numpy(),
+            posterior.mean[b].numpy(),
+            posterior.covariance_matrix[b].numpy(),
+        )
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        posterior_samples(model, x, n=0, steps=1)
