@@ -433,7 +433,7 @@ def _posterior_shift_fn(
                     "references"
                 )
             z = codes
-            log_w = torch.full(z.shape[:2], -math.log(len(z)), device=z.device)
+            log_w = z.new_full(z.shape[:2], -math.log(len(z)))
         log_w = log_w.repeat(1, repeats)  # (K, R·B)
         z = z.repeat(1, repeats, 1)
         likelihood = model.decode(z)  # p(x | z_k): the decoder runs once, here
@@ -512,17 +512,15 @@ def posterior_attack(
     The attack an HMC defence cannot take back: it aims at p(z | x^a) itself, which
     the defence's chains sample.
     """
-    _check_model_input(model, x_ref)
-    with frozen(model):
-        shift = _posterior_shift_fn(
-            model,
-            x_ref,
-            codes=codes,
-            n_codes=n_codes,
-            repeats=config.restarts,
-            generator=generator,
-        )
-        return pgd(shift, x_ref=x_ref, config=config, generator=generator)
+    return _shift_attack(
+        model,
+        x_ref,
+        objective=lambda x, shift: shift(x),
+        config=config,
+        codes=codes,
+        n_codes=n_codes,
+        generator=generator,
+    )
 
 
 def encoder_attack(
@@ -554,6 +552,34 @@ def encoder_attack(
     _check_model_input(model, x_ref)
     with torch.no_grad():
         q_ref = _repeat(model.encode(x_ref), config.restarts)
+    return _shift_attack(
+        model,
+        x_ref,
+        objective=lambda x, shift: (
+            symmetric_kl(model.encode(x), q_ref) - penalty * shift(x)
+        ),
+        config=config,
+        codes=codes,
+        n_codes=n_codes,
+        generator=generator,
+    )
+
+
+def _shift_attack(
+    model,
+    x_ref: torch.Tensor,
+    *,
+    objective: Callable[
+        [torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor
+    ],
+    config: AttackConfig,
+    codes: torch.Tensor | None,
+    n_codes: int,
+    generator: torch.Generator | None,
+) -> AttackResult:
+    """:func:`pgd` on ``objective(x, shift)``, where ``shift`` is the posterior shift
+    of candidates x on one fixed set of codes (the posterior and encoder attacks)."""
+    _check_model_input(model, x_ref)
     with frozen(model):
         shift = _posterior_shift_fn(
             model,
@@ -564,7 +590,7 @@ def encoder_attack(
             generator=generator,
         )
         return pgd(
-            lambda x: symmetric_kl(model.encode(x), q_ref) - penalty * shift(x),
+            lambda x: objective(x, shift),
             x_ref=x_ref,
             config=config,
             generator=generator,
