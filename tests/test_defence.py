@@ -469,6 +469,27 @@ def test_named_input_sets_get_exactly_their_rows_of_one_joint_batch_of_chains(
         defence_curves(model, {}, steps_grid=[1])
 
 
+def test_batched_input_sets_equal_running_each_batch_alone(x: torch.Tensor) -> None:
+    model = _vae()
+    settings = dict(steps_grid=[0, 2], num_leapfrog=3, num_warmup=2)
+    sets = {"attacked": x[:3], "clean": x[3:]}
+    batched = defence_curves(
+        model,
+        sets,
+        batch_size=2,
+        generator=torch.Generator().manual_seed(0),
+        **settings,
+    )
+    g = torch.Generator().manual_seed(0)
+    alone = [defence_curve(model, part, generator=g, **settings) for part in x.split(2)]
+    for t in (0, 2):
+        z = torch.cat([batched["attacked"][t].z, batched["clean"][t].z])
+        torch.testing.assert_close(z, torch.cat([a[t].z for a in alone]))
+        assert len(batched["clean"][t].step_size) == len(x) - 3
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        defence_curves(model, sets, steps_grid=[1], batch_size=0)
+
+
 def test_posterior_samples_are_n_draws_per_input_from_the_exact_posterior() -> None:
     g = torch.Generator().manual_seed(0)
     model = _WronglyEncoded.random(
