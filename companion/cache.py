@@ -46,7 +46,7 @@ __all__ = [
 
 CACHE_DIR_ENV = "COMPANION_CACHE_DIR"
 CACHE_ENV = "COMPANION_CACHE"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when a change to the training code changes the weights a key produces."""
 
 M = TypeVar("M", bound=nn.Module)
