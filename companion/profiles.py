@@ -236,11 +236,17 @@ class DefenceSettings:
             largest T.
         sweep_radii: L∞ radii of the radius sweep on chapter 2's VAE (``radius`` among
             them).
-        few_shot_digits: training digits of the few-shot encoder fitted to chapter 2's
-            decoder (the other fitted encoder sees the whole training split).
-        encoder_steps: Adam steps of each fitted encoder (the decoder stays fixed).
-        encoder_batch: digits per step of those fits.
-        encoder_samples: reparameterised samples per digit and step of those fits.
+        batch_size: the most chains per batch
+            (:func:`companion.defence.defence_curves`).
+        long_per_class: references per class of the long chains (the authors' budget).
+        long_steps_grid: T read off the long chains (up to the authors' 500).
+        long_leapfrog: leapfrog steps per transition of the long chains (the authors'
+            20).
+        long_warmup: warm-up transitions of the long chains (the authors' 250).
+        posterior_draws: codes per reference taken from the second half of the long
+            clean chains as draws from p(z | x^r): half of them aim the posterior and
+            encoder attacks, the other half measure every attack's posterior shift.
+        encoder_penalties: the λ of the encoder attacks (SKL − λ · posterior shift).
     """
 
     radius: float = 0.1
@@ -251,15 +257,28 @@ class DefenceSettings:
     step_size: float = 0.05
     clean_drop: float = 0.05
     sweep_radii: tuple[float, ...] = (0.05, 0.1, 0.2)
-    few_shot_digits: int = 100
-    encoder_steps: int = 200
-    encoder_batch: int = 128
-    encoder_samples: int = 1
+    batch_size: int = 64
+    long_per_class: int = 3
+    long_steps_grid: tuple[int, ...] = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500)
+    long_leapfrog: int = 20
+    long_warmup: int = 250
+    posterior_draws: int = 20
+    encoder_penalties: tuple[float, ...] = (10.0, 100.0)
 
     def __post_init__(self) -> None:
         if self.radius not in self.sweep_radii:
             raise ValueError(
                 f"radius {self.radius} must be one of sweep_radii {self.sweep_radii}"
+            )
+        if self.long_per_class > self.per_class:
+            raise ValueError(
+                f"long_per_class {self.long_per_class} must be at most per_class "
+                f"{self.per_class}: the long chains run on some of the references"
+            )
+        if not 4 <= self.posterior_draws <= self.long_steps_grid[-1] // 2:
+            raise ValueError(
+                f"posterior_draws must be between 4 and half the long chains' last T "
+                f"({self.long_steps_grid[-1] // 2}), got {self.posterior_draws}"
             )
 
 
@@ -509,8 +528,7 @@ FULL = Profile(
         per_class=20,
         steps_grid=(0, 10, 50, 100, 500),
         num_warmup=100,
-        encoder_steps=2_000,
-        encoder_samples=8,
+        long_per_class=10,
     ),
     open_questions=OpenQuestionsSettings(
         per_class=20,
@@ -724,9 +742,12 @@ def smoke_profile(profile: Profile) -> Profile:
             steps_grid=_grid(dfn.steps_grid),
             num_leapfrog=2,
             num_warmup=2,
-            encoder_steps=3,
-            encoder_batch=16,
-            encoder_samples=1,
+            batch_size=7,  # more chains than that: the batched path runs
+            long_per_class=1,
+            long_steps_grid=_grid(dfn.long_steps_grid),
+            long_leapfrog=2,
+            long_warmup=2,
+            posterior_draws=4,
         ),
         open_questions=replace(
             oq,

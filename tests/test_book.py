@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import tomllib
@@ -129,6 +130,36 @@ def test_chapter_ends_with_check_cells_and_has_clean_stored_outputs(
             "a warning landed in the stored outputs"
         )
     assert chapter.stat().st_size < 3_000_000
+
+
+GLUE_ROLE = re.compile(r"\{glue:(?:text|any|md|math|figure)\}`([^`:]+)(?::[^`]*)?`")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_every_glued_number_in_the_prose_was_glued_by_a_cell(chapter: Path) -> None:
+    """A `{glue:text}` role whose key no cell glued renders as an error in the book;
+    the stored outputs say which keys the cells glued (myst-nb's scrapbook metadata)."""
+    nb = _load(chapter)
+    used = {
+        key
+        for c in nb["cells"]
+        if c["cell_type"] == "markdown"
+        for key in GLUE_ROLE.findall("".join(c["source"]))
+    }
+    glued = {
+        o["metadata"]["scrapbook"]["name"]
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if "scrapbook" in o.get("metadata", {})
+    }
+    assert used <= glued, f"used in the prose but never glued: {sorted(used - glued)}"
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            book = o.get("metadata", {}).get("scrapbook")
+            if book:  # myst-nb formats what ast.literal_eval reads: no np.float64(...)
+                text = "".join(o["data"][book["mime_prefix"] + "text/plain"])
+                ast.literal_eval(text)
 
 
 def test_readme_shows_the_two_commands_and_ci_calls_the_test_command() -> None:

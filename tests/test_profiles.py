@@ -90,6 +90,18 @@ def test_the_defence_radius_must_be_one_of_the_sweep_radii() -> None:
         profiles.DefenceSettings(radius=0.3)
 
 
+def test_long_chains_run_on_some_references_and_leave_room_for_draws() -> None:
+    with pytest.raises(ValueError, match="long_per_class 6 must be at most per_class"):
+        profiles.DefenceSettings(per_class=5, long_per_class=6)
+    with pytest.raises(ValueError, match="posterior_draws must be between 4 and"):
+        profiles.DefenceSettings(posterior_draws=3)
+    with pytest.raises(ValueError, match=r"half the long chains' last T \(250\)"):
+        profiles.DefenceSettings(posterior_draws=251)
+    for profile in profiles.PROFILES.values():
+        smoke = profiles.smoke_profile(profile).defence
+        assert smoke.long_steps_grid[-1] // 2 >= smoke.posterior_draws
+
+
 @pytest.mark.parametrize(
     ("obj", "field"),
     [
