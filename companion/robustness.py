@@ -98,15 +98,9 @@ def robustness(
             f"one clean chain per attacked chain: got {len(clean.z)} and "
             f"{len(attacked.z)}"
         )
-    on_clean = code_report(model, classifier, z=clean.z, x_ref=x_ref, y_ref=y_ref)
-    on_attacked = code_report(model, classifier, z=attacked.z, x_ref=x_ref, y_ref=y_ref)
-    unchanged = classifier(attacked.z).argmax(-1) == classifier(clean.z).argmax(-1)
-    return Robustness(
-        clean_ms_ssim=on_clean.recon_ms_ssim.cpu(),
-        attacked_ms_ssim=on_attacked.recon_ms_ssim.cpu(),
-        clean_correct=on_clean.correct.cpu(),
-        attacked_correct=on_attacked.correct.cpu(),
-        unchanged=unchanged.cpu(),
+    on_clean = _Scored.of(model, classifier, z=clean.z, x_ref=x_ref, y_ref=y_ref)
+    return on_clean.against(
+        _Scored.of(model, classifier, z=attacked.z, x_ref=x_ref, y_ref=y_ref)
     )
 
 
@@ -122,6 +116,8 @@ def robustness_curves(
     """:func:`robustness` of every attacked set of :func:`companion.defence.
     defence_curves`' output against its ``clean`` set, at every T.
 
+    The clean chains are scored once per T, whatever the number of attacked sets.
+
     Returns:
         ``{attack name: {T: Robustness}}`` for every set but ``clean``.
 
@@ -134,18 +130,49 @@ def robustness_curves(
             f"no clean set {clean!r} among {sorted(curves)}: run the clean references "
             "in the same defence_curves call"
         )
-    return {
-        name: {
-            t: robustness(
-                model,
-                classifier,
-                clean=curves[clean][t],
-                attacked=result,
-                x_ref=x_ref,
-                y_ref=y_ref,
-            )
-            for t, result in curve.items()
+
+    def scored(result: DefenceResult) -> _Scored:
+        return _Scored.of(model, classifier, z=result.z, x_ref=x_ref, y_ref=y_ref)
+
+    with torch.no_grad():
+        on_clean = {t: scored(result) for t, result in curves[clean].items()}
+        return {
+            name: {
+                t: on_clean[t].against(scored(result)) for t, result in curve.items()
+            }
+            for name, curve in curves.items()
+            if name != clean
         }
-        for name, curve in curves.items()
-        if name != clean
-    }
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One set of chains scored on its own: (B,) MS-SSIM, correctness, prediction."""
+
+    ms_ssim: torch.Tensor
+    correct: torch.Tensor
+    predicted: torch.Tensor
+
+    @classmethod
+    def of(
+        cls,
+        model,
+        classifier,
+        *,
+        z: torch.Tensor,
+        x_ref: torch.Tensor,
+        y_ref: torch.Tensor,
+    ) -> _Scored:
+        report = code_report(model, classifier, z=z, x_ref=x_ref, y_ref=y_ref)
+        predicted = classifier(z).argmax(-1)
+        return cls(report.recon_ms_ssim.cpu(), report.correct.cpu(), predicted.cpu())
+
+    def against(self, attacked: _Scored) -> Robustness:
+        """These (clean) scores paired with the attacked chains' of the same refs."""
+        return Robustness(
+            clean_ms_ssim=self.ms_ssim,
+            attacked_ms_ssim=attacked.ms_ssim,
+            clean_correct=self.correct,
+            attacked_correct=attacked.correct,
+            unchanged=attacked.predicted == self.predicted,
+        )
