@@ -98,6 +98,8 @@ class AttackConfig:
 
     @property
     def alpha(self) -> float:
+        """The step size per iteration, in pixel units (``step_size``, or by default
+        2.5 δ / steps, so that the steps can cross the ball)."""
         return (
             self.step_size
             if self.step_size is not None
@@ -106,8 +108,8 @@ class AttackConfig:
 
     @property
     def gradient_evaluations(self) -> int:
-        """Gradients of the objective per reference: one per step and restart
-        (the attack's cost)."""
+        """The attack's cost in gradients of the objective per reference (one per
+        step and restart)."""
         return self.steps * self.restarts
 
 

@@ -214,7 +214,7 @@ class TVBoundTerms(NamedTuple):
 
     @property
     def rhs(self) -> torch.Tensor:
-        """(T+1, B) the bound: mcmc + attack + approximation."""
+        """The bound, (T+1, B), in nats: mcmc + attack + approximation."""
         return self.mcmc + self.attack + self.approximation
 
     @property

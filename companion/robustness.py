@@ -49,7 +49,7 @@ class Robustness:
 
     @property
     def damage(self) -> torch.Tensor:
-        """(B,) clean minus attacked MS-SSIM: what the attack costs each reference."""
+        """What the attack costs each reference, (B,): clean minus attacked MS-SSIM."""
         return self.clean_ms_ssim - self.attacked_ms_ssim
 
     def subset(self, index: torch.Tensor) -> Robustness:

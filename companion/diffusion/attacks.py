@@ -109,8 +109,8 @@ class Denoiser:
 
     @property
     def reverse_steps(self) -> int:
-        """Noise draws of the backward steps: k − 1 for the diffusion,
-        none for the autoencoder."""
+        """The number of noise draws in the backward steps (k − 1 for the
+        diffusion, none for the autoencoder)."""
         return 0 if isinstance(self.model, DenoisingAutoencoder) else self.k - 1
 
     def __call__(self, images: torch.Tensor, *, noise: DenoiserNoise) -> torch.Tensor:

@@ -334,8 +334,8 @@ class HierarchicalPosterior:
 
     @property
     def mean(self) -> torch.Tensor:
-        """The codes of the mean path: each group's posterior mean given the means
-        above, (B, z_dim)."""
+        """The codes of the mean path, (B, z_dim), each group's posterior mean
+        given the means above."""
         return self._path()[0]
 
     @property
