@@ -97,6 +97,7 @@ def elbo(
     posterior: Distribution | None = None,
     beta: float = 1.0,
     n_samples: int = 1,
+    z: torch.Tensor | None = None,
 ) -> ELBOTerms:
     """The (β-)ELBO of each x with reparameterised samples (differentiable).
 
@@ -107,6 +108,10 @@ def elbo(
         posterior: q(z | x) with batch shape (B,); default ``model.encode(x)``.
         beta: weight of the KL term (β = 1 is the ELBO proper, a bound on ln p(x)).
         n_samples: Monte Carlo samples of the reconstruction term.
+        z: (S, B, d) reparameterised samples of the posterior to evaluate the ELBO at,
+            drawn by the caller (:mod:`companion.sharded_training` draws the noise of a
+            whole global batch and hands every process its rows); default
+            ``posterior.rsample((n_samples,))``.
 
     Returns:
         :class:`ELBOTerms` with tensors of shape (B,).
@@ -120,7 +125,8 @@ def elbo(
             )
         posterior = model.encode(x)
     q = posterior
-    z = q.rsample((n_samples,))  # (S, B, d)
+    if z is None:
+        z = q.rsample((n_samples,))  # (S, B, d)
     log_lik = model.decode(z).log_prob(x).mean(0)
     groups = _kl_groups(model, q, z)
     kl = torch.stack(groups).sum(0)

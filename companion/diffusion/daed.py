@@ -72,11 +72,16 @@ class DenoisingAutoencoder(nn.Module):
         return (z - (1 - a) ** 0.5 * eps) / a**0.5
 
     def loss(
-        self, x: torch.Tensor, *, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """E ‖x − D(z_k)‖² with z_k ~ q(z_k | x),
-        per pixel; x (B, C, H, W) in [−1, 1]."""
-        z = q_sample(self.schedule, x, self.k, generator=generator)
+        per pixel; x (B, C, H, W) in [−1, 1]; ``noise`` (shape of x): the standard
+        normal draw that makes z_k (drawn from ``generator`` when None)."""
+        z = q_sample(self.schedule, x, self.k, noise=noise, generator=generator)
         return (self(z) - x).pow(2).mean()
 
     @torch.no_grad()

@@ -30,6 +30,7 @@ from companion.progress import progress_bar
 __all__ = [
     "to_model_space",
     "to_pixels",
+    "loss_draws",
     "DDPM",
     "DiffusionTrainConfig",
     "DiffusionHistory",
@@ -48,6 +49,16 @@ def _image_shape(net: nn.Module) -> tuple[int, ...]:
     # nn.Module.__getattr__ is typed for submodules and tensors only; image_shape is a
     # plain attribute or property of the network (the UNet's is a property)
     return tuple(cast("Sequence[int]", net.image_shape))
+
+
+def loss_draws(
+    x: torch.Tensor, *, t_min: int, T: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of one L_simple batch: steps t (B,) uniform on t_min..T,
+    then noise ε of x's shape, in that order from ``generator`` (on x's device)."""
+    t = rng.randint(t_min, T + 1, (x.shape[0],), device=x.device, generator=generator)
+    noise = rng.randn(x.shape, device=x.device, generator=generator)
+    return t, noise
 
 
 def to_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +122,8 @@ class DDPM(nn.Module):
         *,
         t_min: int = 1,
         generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L_simple of a batch in data space [−1, 1]: mean over pixels and examples.
 
@@ -118,11 +131,14 @@ class DDPM(nn.Module):
             x: (B, C, H, W) clean data in [−1, 1].
             t_min: smallest step drawn (steps are uniform on t_min..T); DAED's generator
                 uses t_min = k + 1.
+            t, noise: the steps (B,) and the standard normal draws (shape of x) to use
+                instead of drawing them here (both or neither; they are drawn as
+                :func:`loss_draws` draws them).
         """
-        t = rng.randint(
-            t_min, self.T + 1, (x.shape[0],), device=x.device, generator=generator
-        )
-        noise = rng.randn(x.shape, device=x.device, generator=generator)
+        if (t is None) != (noise is None):
+            raise ValueError("pass both t and noise, or neither")
+        if t is None or noise is None:
+            t, noise = loss_draws(x, t_min=t_min, T=self.T, generator=generator)
         z = q_sample(self.schedule, x, t, noise=noise)
         return (self.net(z, t) - noise).pow(2).mean()
 

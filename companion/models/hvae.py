@@ -187,6 +187,7 @@ class HierarchicalVAE(nn.Module):
         mode: str = "given",
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        noise: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[Independent], list[Independent]]:
         """Run the top-down path once.
 
@@ -200,6 +201,9 @@ class HierarchicalVAE(nn.Module):
             temperature: multiplies the prior's standard deviations when sampling it.
             generator: torch generator of the noise in ``rsample`` mode
                 (default: global).
+            noise: the standard normal draws of ``rsample`` mode, one
+                ``(*batch_shape, d_l)`` tensor per group, top first (default: drawn
+                here, group by group).
 
         Returns:
             (z ``(*batch_shape, z_dim)``, priors, posteriors) with one distribution per
@@ -226,13 +230,17 @@ class HierarchicalVAE(nn.Module):
             elif mode == "rsample":
                 base = source.base_dist
                 scale = base.scale * (temperature if feats is None else 1.0)
-                noise = rng.randn(
-                    base.loc.shape,
-                    generator=generator,
-                    dtype=base.loc.dtype,
-                    device=base.loc.device,
+                eps = (
+                    rng.randn(
+                        base.loc.shape,
+                        generator=generator,
+                        dtype=base.loc.dtype,
+                        device=base.loc.device,
+                    )
+                    if noise is None
+                    else noise[i]
                 )
-                z_i = base.loc + scale * noise
+                z_i = base.loc + scale * eps
             else:
                 raise ValueError(
                     f"mode must be 'given', 'rsample' or 'mean', got {mode!r}"
@@ -349,15 +357,18 @@ class HierarchicalPosterior:
         sample_shape: torch.Size | tuple[int, ...] = (),
         *,
         generator: torch.Generator | None = None,
+        noise: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Reparameterised codes ``(*sample_shape, B, z_dim)``, drawn group by group
         top-down (with ``generator``'s noise when given,
-        else the global generator's)."""
+        else the global generator's; or from ``noise``, one standard normal
+        ``(*sample_shape, B, d_l)`` tensor per group, top first)."""
         z, _, _ = self.model.top_down(
             batch_shape=(*sample_shape, *self.batch_shape),
             feats=self.feats,
             mode="rsample",
             generator=generator,
+            noise=noise,
         )
         return z
 
