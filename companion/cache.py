@@ -40,6 +40,7 @@ __all__ = [
     "cache_enabled",
     "cache_key",
     "cache_path",
+    "checkpoint_path",
     "cached_model",
     "cached_training",
 ]
@@ -109,6 +110,14 @@ def cache_path(key: Mapping[str, Any], *, name: str = "model") -> Path:
     return cache_dir() / f"{name}-{digest}.safetensors"
 
 
+def checkpoint_path(key: Mapping[str, Any], *, name: str = "model") -> Path:
+    """Where a resumable run training the model for ``key`` keeps its checkpoint
+    (:mod:`companion.training_state`): ``<cache_dir>/checkpoints/``, same file name as
+    the model's, deleted once the model is in the cache."""
+    path = cache_path(key, name=name)
+    return path.parent / "checkpoints" / path.name
+
+
 def cached_model(
     *,
     key: Mapping[str, Any],
@@ -141,12 +150,18 @@ def cached_training(
     build: Callable[[], M],
     train: Callable[[M], Any],
     name: str = "model",
+    write: bool = True,
+    provenance: Mapping[str, Any] | None = None,
 ) -> tuple[M, Any]:
     """Like :func:`cached_model`, and also keep what training reported.
 
     ``train`` returns a JSON-serialisable record (for instance a training history as a
     dict); it is stored in the file's header next to the key, so that a cache hit
     returns the record of the run that produced the weights.
+
+    ``write=False`` trains on a miss without writing (the ranks other than 0 of a
+    distributed run); ``provenance`` (JSON-like: how many processes, which precision)
+    is stored in the header beside the key and never compared.
 
     Returns:
         (model in eval mode, record).
@@ -172,5 +187,9 @@ def cached_training(
             )
         model = build()
     record = train(model)
-    save_checkpoint(model, path, metadata={"key": canonical, "record": record})
+    if write:
+        meta = {"key": canonical, "record": record}
+        if provenance is not None:
+            meta["provenance"] = _jsonable(provenance)
+        save_checkpoint(model, path, metadata=meta)
     return model.eval(), record

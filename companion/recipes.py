@@ -7,6 +7,15 @@ the same model, weight for weight). Trained models are kept in the disk cache of
 :mod:`companion.cache`, keyed by the settings, the data's content and the device type,
 so chapter 4 and later load the models chapters 2 and 3 trained instead of training them
 again (``COMPANION_CACHE=0`` retrains every time).
+
+Every recipe that trains takes ``run``: None (the chapters) trains in this process with
+:func:`companion.train.train_vae` or the diffusion loops, as it always has. A
+:class:`~companion.sharded_training.TrainingRun` (the command line, ``python -m
+companion train``) trains the same model under the same cache key with
+:mod:`companion.sharded_training` instead: on all the run's processes, with checkpoints
+it resumes from, and rank 0 alone writing the cache. Its model is the one-process model
+up to float rounding (see that module), which is why it takes the same key: a chapter
+run afterwards finds it; the file's header records how it was trained (``provenance``).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from companion.cache import cached_training
+from companion.cache import cached_training, checkpoint_path
 from companion.data import ImageData
 from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, VAEConfig
 from companion.profiles import Profile, seed_everything
@@ -28,6 +37,7 @@ if TYPE_CHECKING:  # the recipes import these lazily, when a chapter first needs
     from companion.diffusion import DDPM, DenoisingAutoencoder, DiffusionTrainConfig
     from companion.models.unet import UNetConfig
     from companion.sample_quality import FeatureClassifier
+    from companion.sharded_training import TrainingRun
 
 __all__ = [
     "training_budget",
@@ -59,11 +69,16 @@ def training_budget(profile: Profile, **overrides) -> TrainConfig:
 
 
 def chapter2_vae(
-    profile: Profile, *, train: ImageData, valid: ImageData, device: torch.device
+    profile: Profile,
+    *,
+    train: ImageData,
+    valid: ImageData,
+    device: torch.device,
+    run: TrainingRun | None = None,
 ) -> tuple[ConvVAE, History]:
     """Chapter 2's convolutional VAE, trained on ``train`` with early stopping on
-    ``valid`` (cached)."""
-    return beta_vae(profile, beta=1.0, train=train, valid=valid, device=device)
+    ``valid`` (cached; ``run``: see the module docstring)."""
+    return beta_vae(profile, beta=1.0, train=train, valid=valid, device=device, run=run)
 
 
 def beta_vae(
@@ -73,6 +88,7 @@ def beta_vae(
     train: ImageData,
     valid: ImageData,
     device: torch.device,
+    run: TrainingRun | None = None,
 ) -> tuple[ConvVAE, History]:
     """Chapter 2's VAE trained on the β-ELBO (Higgins et al., 2017) (cached).
 
@@ -104,6 +120,7 @@ def beta_vae(
         valid=valid,
         device=device,
         name="vae",
+        run=run,
     )
     if beta == 1:
         return vae, history
@@ -119,14 +136,20 @@ def beta_vae(
         device=device,
         name=f"vae-beta{beta:g}",
         start=dict(recipe="vae", budget=plain),
+        run=run,
     )
 
 
 def chapter3_hvae(
-    profile: Profile, *, train: ImageData, valid: ImageData, device: torch.device
+    profile: Profile,
+    *,
+    train: ImageData,
+    valid: ImageData,
+    device: torch.device,
+    run: TrainingRun | None = None,
 ) -> tuple[HierarchicalVAE, History]:
     """Chapter 3's hierarchical VAE, with chapter 2's data, split and training budget
-    (cached)."""
+    (cached; ``run``: see the module docstring)."""
     config = HVAEConfig(
         image_size=profile.data.image_size,
         z_dims=profile.hvae.z_dims,
@@ -142,6 +165,7 @@ def chapter3_hvae(
         valid=valid,
         device=device,
         name="hvae",
+        run=run,
     )
 
 
@@ -156,6 +180,7 @@ def _trained(
     device: torch.device,
     name: str,
     start: dict | None = None,
+    run: TrainingRun | None = None,
 ):
     """Seed, build and train a VAE with ``budget``, through the disk cache.
 
@@ -179,16 +204,53 @@ def _trained(
         return make().to(device)
 
     def fit(model) -> dict:
-        history = train_vae(
-            model=model,
-            train_images=train.images,
-            valid_images=valid.images,
-            config=budget,
-        )
+        if run is None:
+            history = train_vae(
+                model=model,
+                train_images=train.images,
+                valid_images=valid.images,
+                config=budget,
+            )
+        else:
+            from companion.sharded_training import train_vae_sharded
+
+            history = train_vae_sharded(
+                model=model,
+                train_images=train.images,
+                valid_images=valid.images,
+                config=budget,
+                run=run,
+                checkpoint=run.checkpointing(checkpoint_path(key, name=name)),
+            )
         return dataclasses.asdict(history)
 
-    model, record = cached_training(key=key, build=build, train=fit, name=name)
+    if run is None:
+        model, record = cached_training(key=key, build=build, train=fit, name=name)
+    else:
+        model, record = _cached_run(run, key=key, build=build, train=fit, name=name)
     return model, History(**record)
+
+
+def _cached_run(run: TrainingRun, *, key: dict, build, train, name: str):
+    """:func:`~companion.cache.cached_training` for a run of several processes: every
+    rank trains (or finds the cached model), rank 0 alone writes the model and then
+    deletes the run's checkpoint, and no rank goes on before the file is in place."""
+    out = cached_training(
+        key=key,
+        build=build,
+        train=train,
+        name=name,
+        write=run.world.is_main,
+        provenance={
+            "processes": run.world.size,
+            "precision": run.precision,
+            "trainer": "companion.sharded_training",
+        },
+    )
+    if run.world.is_main:
+        checkpoint_path(key, name=name).unlink(missing_ok=True)
+    run.world.barrier()
+    return out
 
 
 def _digest(images: torch.Tensor) -> str:
@@ -249,10 +311,13 @@ def _diffusion_key(
     }
 
 
-def chapter7_ddpm(profile: Profile, *, device: torch.device) -> DDPM:
+def chapter7_ddpm(
+    profile: Profile, *, device: torch.device, run: TrainingRun | None = None
+) -> DDPM:
     """Chapter 7's DDPM (ε-prediction, L_simple, EMA weights) on the profile's data set.
 
-    Trained once and cached on disk (:mod:`companion.cache`), so chapter 8 reuses it.
+    Trained once and cached on disk (:mod:`companion.cache`), so chapter 8 reuses it
+    (``run``: see the module docstring).
     """
     from companion.cache import cached_model
     from companion.diffusion import DDPM, make_schedule, train_ddpm
@@ -267,22 +332,37 @@ def chapter7_ddpm(profile: Profile, *, device: torch.device) -> DDPM:
             UNet(diffusion_unet_config(profile)), make_schedule(s.schedule, s.T)
         ).to(device)
 
+    key = _diffusion_key(profile, steps=s.train_steps, model="ddpm")
+
     def train(model: DDPM) -> None:
         images = load_diffusion_images(
             name=s.data, split="train", image_size=s.image_size
         ).images
-        train_ddpm(
-            model,
-            images=images,
-            config=diffusion_train_config(profile, steps=s.train_steps),
-        )
+        config = diffusion_train_config(profile, steps=s.train_steps)
+        if run is None:
+            train_ddpm(model, images=images, config=config)
+        else:
+            from companion.sharded_training import train_ddpm_sharded
 
-    key = _diffusion_key(profile, steps=s.train_steps, model="ddpm")
+            train_ddpm_sharded(
+                model,
+                images=images,
+                config=config,
+                run=run,
+                checkpoint=run.checkpointing(checkpoint_path(key, name="ddpm")),
+            )
+
+    if run is not None:
+        return _cached_run(run, key=key, build=build, train=train, name="ddpm")[0]
     return cached_model(key=key, build=build, train=train, name="ddpm")
 
 
 def chapter8_dae(
-    profile: Profile, *, beta_1: float, device: torch.device
+    profile: Profile,
+    *,
+    beta_1: float,
+    device: torch.device,
+    run: TrainingRun | None = None,
 ) -> DenoisingAutoencoder:
     """Chapter 8's denoising autoencoder for one β_1 (the DDPM's UNet, time held at k),
     cached.
@@ -291,6 +371,7 @@ def chapter8_dae(
     network, as Deja et al. train it) or ``ddpm`` (chapter 7's DDPM's network, so the
     autoencoder starts as the DDPM's one-step estimate of x from z_k and training at k
     specialises it: at 16×16, 300 steps from scratch left visible noise in its outputs).
+    ``run``: see the module docstring.
     """
     from companion.cache import cached_model
     from companion.diffusion import DenoisingAutoencoder, make_schedule, train_dae
@@ -303,7 +384,8 @@ def chapter8_dae(
         seed_everything(profile.seed + 1)
         net = UNet(diffusion_unet_config(profile))
         if s.dae_init == "ddpm":
-            net.load_state_dict(chapter7_ddpm(profile, device=device).net.state_dict())
+            ddpm = chapter7_ddpm(profile, device=device, run=run)
+            net.load_state_dict(ddpm.net.state_dict())
         return DenoisingAutoencoder(
             net, make_schedule(s.schedule, s.T), beta_1=beta_1
         ).to(device)
@@ -312,11 +394,19 @@ def chapter8_dae(
         images = load_diffusion_images(
             name=s.data, split="train", image_size=s.image_size
         ).images
-        train_dae(
-            model,
-            images=images,
-            config=diffusion_train_config(profile, steps=s.dae_steps, seed_offset=1),
-        )
+        config = diffusion_train_config(profile, steps=s.dae_steps, seed_offset=1)
+        if run is None:
+            train_dae(model, images=images, config=config)
+        else:
+            from companion.sharded_training import train_dae_sharded
+
+            train_dae_sharded(
+                model,
+                images=images,
+                config=config,
+                run=run,
+                checkpoint=run.checkpointing(checkpoint_path(key, name=name)),
+            )
 
     key = _diffusion_key(
         profile,
@@ -328,11 +418,18 @@ def chapter8_dae(
         init=s.dae_init,
         **({"ddpm_steps": s.train_steps} if s.dae_init == "ddpm" else {}),
     )
-    return cached_model(key=key, build=build, train=train, name=f"dae-{beta_1:g}")
+    name = f"dae-{beta_1:g}"
+    if run is not None:
+        return _cached_run(run, key=key, build=build, train=train, name=name)[0]
+    return cached_model(key=key, build=build, train=train, name=name)
 
 
 def chapter8_generator(
-    profile: Profile, *, beta_1: float, device: torch.device
+    profile: Profile,
+    *,
+    beta_1: float,
+    device: torch.device,
+    run: TrainingRun | None = None,
 ) -> DDPM:
     """DAED's own generator for one β_1: a diffusion trained only on the steps after k
     (cached).
@@ -340,7 +437,7 @@ def chapter8_generator(
     ``profile.diffusion.generator_init`` says where training starts: ``scratch`` (a
     fresh network, as Deja et al. train it) or ``ddpm`` (chapter 7's DDPM, which has
     seen all steps; training it on t > k then specialises it,
-    at a fraction of the cost).
+    at a fraction of the cost). ``run``: see the module docstring.
 
     Raises:
         ValueError: β_1 not among ``profile.diffusion.beta_1s``
@@ -363,21 +460,28 @@ def chapter8_generator(
         seed_everything(profile.seed + 2)
         model = DDPM(UNet(diffusion_unet_config(profile)), schedule).to(device)
         if s.generator_init == "ddpm":
-            model.load_state_dict(chapter7_ddpm(profile, device=device).state_dict())
+            ddpm = chapter7_ddpm(profile, device=device, run=run)
+            model.load_state_dict(ddpm.state_dict())
         return model
 
     def train(model: DDPM) -> None:
         images = load_diffusion_images(
             name=s.data, split="train", image_size=s.image_size
         ).images
-        train_ddpm(
-            model,
-            images=images,
-            config=diffusion_train_config(
-                profile, steps=s.generator_steps, seed_offset=2
-            ),
-            t_min=k + 1,
-        )
+        config = diffusion_train_config(profile, steps=s.generator_steps, seed_offset=2)
+        if run is None:
+            train_ddpm(model, images=images, config=config, t_min=k + 1)
+        else:
+            from companion.sharded_training import train_ddpm_sharded
+
+            train_ddpm_sharded(
+                model,
+                images=images,
+                config=config,
+                run=run,
+                t_min=k + 1,
+                checkpoint=run.checkpointing(checkpoint_path(key, name=name)),
+            )
 
     start = {"init": s.generator_init} | (
         {"ddpm_steps": s.train_steps} if s.generator_init == "ddpm" else {}
@@ -391,7 +495,10 @@ def chapter8_generator(
         t_min=k + 1,
         **start,
     )
-    return cached_model(key=key, build=build, train=train, name=f"generator-{beta_1:g}")
+    name = f"generator-{beta_1:g}"
+    if run is not None:
+        return _cached_run(run, key=key, build=build, train=train, name=name)[0]
+    return cached_model(key=key, build=build, train=train, name=name)
 
 
 def feature_classifier(profile: Profile, *, device: torch.device) -> FeatureClassifier:

@@ -1,0 +1,200 @@
+"""Tests for companion.sharded_training: one process trains exactly as the chapters'
+loops do, two gloo processes with batch b train to one process's weights with batch
+2b, and a run stopped after a checkpoint resumes to the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from companion.diffusion import DenoisingAutoencoder, make_schedule, train_dae
+from companion.diffusion.ddpm import train_ddpm
+from companion.models.unet import UNet
+from companion.parallel import World
+from companion.sharded_training import (
+    TrainingRun,
+    train_dae_sharded,
+    train_ddpm_sharded,
+    train_vae_sharded,
+)
+from companion.train import train_vae
+from companion.training_state import Checkpointing
+from distributed_ranks import (
+    DIFFUSION_BUDGET,
+    VAE_BUDGET,
+    images,
+    models,
+    two_rank_results,
+)
+
+
+def _assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(
+        a.state_dict().items(), b.state_dict().values(), strict=True
+    ):
+        assert torch.equal(x, y), name
+
+
+@pytest.fixture
+def two_ranks(tmp_path_factory: pytest.TempPathFactory):
+    """Rank 0's results of distributed_ranks.rank_main on two gloo processes (run once
+    per session)."""
+    return two_rank_results(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.parametrize("name", ["vae", "hvae"])
+def test_one_process_trains_a_vae_as_train_vae_does_bit_for_bit(name: str) -> None:
+    train, valid = images()
+    old = models()[name]
+    new = copy.deepcopy(old)
+    expected = train_vae(
+        model=old, train_images=train, valid_images=valid, config=VAE_BUDGET
+    )
+    history = train_vae_sharded(
+        model=new,
+        train_images=train,
+        valid_images=valid,
+        config=VAE_BUDGET,
+        run=TrainingRun(),
+    )
+    _assert_same(old, new)
+    assert history.train_loss == expected.train_loss
+    assert history.valid_loss == expected.valid_loss
+
+
+def test_one_process_trains_diffusion_models_as_their_loops_do_bit_for_bit() -> None:
+    train, _ = images()
+    old = models()["ddpm"]
+    new = copy.deepcopy(old)
+    expected = train_ddpm(old, images=train, config=DIFFUSION_BUDGET, t_min=3)
+    history = train_ddpm_sharded(
+        new, images=train, config=DIFFUSION_BUDGET, run=TrainingRun(), t_min=3
+    )
+    _assert_same(old, new)
+    assert history.loss == expected.loss
+    dae = DenoisingAutoencoder(
+        UNet(old.net.config), make_schedule("linear", 30), beta_1=0.1
+    )
+    twin = copy.deepcopy(dae)
+    train_dae(dae, images=train, config=DIFFUSION_BUDGET)
+    train_dae_sharded(twin, images=train, config=DIFFUSION_BUDGET, run=TrainingRun())
+    _assert_same(dae, twin)
+
+
+@pytest.mark.parametrize("name", ["vae", "hvae", "ddpm"])
+def test_two_ranks_with_batch_b_reach_one_process_with_batch_2b(
+    two_ranks, name: str
+) -> None:
+    _, saved = two_ranks
+    train, valid = images()
+    model = models()[name]
+    if name == "ddpm":
+        train_ddpm(model, images=train, config=DIFFUSION_BUDGET)
+    else:
+        train_vae(
+            model=model, train_images=train, valid_images=valid, config=VAE_BUDGET
+        )
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(
+            saved[f"{name}.{key}"], value, rtol=1e-4, atol=1e-5, msg=key
+        )
+
+
+class _Stopped(Exception):
+    """What the test hook raises after the first checkpoint: the run dies there."""
+
+
+def _stop(step: int) -> None:
+    raise _Stopped(step)
+
+
+def test_a_vae_run_stopped_after_a_checkpoint_resumes_to_the_uninterrupted_weights(
+    tmp_path,
+) -> None:
+    train, valid = images()
+    budget = replace(VAE_BUDGET, epochs=3)
+    uninterrupted = models()["hvae"]
+    stopped, resumed = copy.deepcopy(uninterrupted), copy.deepcopy(uninterrupted)
+    expected = train_vae(
+        model=uninterrupted, train_images=train, valid_images=valid, config=budget
+    )
+    path = tmp_path / "hvae.safetensors"
+
+    def every_epoch(after_save=None) -> Checkpointing:
+        return Checkpointing(path=path, every_steps=1, after_save=after_save)
+
+    with pytest.raises(_Stopped):
+        train_vae_sharded(
+            model=stopped,
+            train_images=train,
+            valid_images=valid,
+            config=budget,
+            run=TrainingRun(),
+            checkpoint=every_epoch(_stop),
+        )
+    assert path.is_file()
+    torch.randn(100)  # a new process would start from another global RNG state
+    history = train_vae_sharded(
+        model=resumed,  # a fresh model: everything comes from the checkpoint
+        train_images=train,
+        valid_images=valid,
+        config=budget,
+        run=TrainingRun(),
+        checkpoint=every_epoch(),
+    )
+    _assert_same(uninterrupted, resumed)
+    assert history.valid_loss == expected.valid_loss
+
+
+def test_a_diffusion_run_stopped_after_a_checkpoint_resumes_to_the_same_weights(
+    tmp_path,
+) -> None:
+    train, _ = images()
+    uninterrupted = models()["ddpm"]
+    stopped, resumed = copy.deepcopy(uninterrupted), copy.deepcopy(uninterrupted)
+    expected = train_ddpm(uninterrupted, images=train, config=DIFFUSION_BUDGET)
+    path = tmp_path / "ddpm.safetensors"
+    with pytest.raises(_Stopped):
+        train_ddpm_sharded(
+            stopped,
+            images=train,
+            config=DIFFUSION_BUDGET,
+            run=TrainingRun(),
+            checkpoint=Checkpointing(path=path, every_steps=2, after_save=_stop),
+        )
+    history = train_ddpm_sharded(
+        resumed,
+        images=train,
+        config=DIFFUSION_BUDGET,
+        run=TrainingRun(),
+        checkpoint=Checkpointing(path=path, every_steps=2),
+    )
+    _assert_same(uninterrupted, resumed)
+    assert history.loss == expected.loss
+
+
+def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused() -> None:
+    train, valid = images()
+    three = TrainingRun(world=World(rank=0, size=3))  # fails before any collective
+    with pytest.raises(ValueError, match="64 does not divide into 3 processes"):
+        train_vae_sharded(
+            model=models()["vae"],
+            train_images=train,
+            valid_images=valid,
+            config=VAE_BUDGET,
+            run=three,
+        )
+    with pytest.raises(ValueError, match="16 does not divide into 3 processes"):
+        train_ddpm_sharded(
+            models()["ddpm"], images=train, config=DIFFUSION_BUDGET, run=three
+        )
+
+
+def test_mixed_precision_is_refused_on_a_cpu() -> None:
+    with pytest.raises(ValueError, match="CUDA only"):
+        TrainingRun(precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainingRun(precision="fp8")
