@@ -4,12 +4,13 @@
 the models the chapters train, under the same keys, so that a chapter run afterwards
 with the same profile, seed, cache directory and device type loads them instead of
 training. ``defend`` runs the attack and the HMC defence over many test references and
-writes one results file. Both run in one process, or in several under torchrun
-(``torchrun --nproc_per_node=K -m companion ...``), where training is data-parallel
-(:mod:`companion.sharded_training`) and the references are shared out
-(:mod:`companion.sharded_defence`); only rank 0 writes files. A training run
-interrupted for any reason resumes from its last checkpoint when started again with the
-same arguments.
+writes one results file; ``fid`` samples the diffusion models and scores the samples.
+All three run in one process, or in several under torchrun (``torchrun
+--nproc_per_node=K -m companion ...``), where training is data-parallel
+(:mod:`companion.sharded_training`) and the references and samples are shared out
+(:mod:`companion.sharded_defence`, :mod:`companion.sharded_fid`); only rank 0 writes
+files. A training run interrupted for any reason resumes from its last checkpoint when
+started again with the same arguments.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ MODELS: dict[str, str] = {
 order)."""
 
 _DESCRIPTION = """\
-Train the book's models into its model cache, or run the attack and the HMC defence
-over many test references, in one process or in several (torchrun).
+Train the book's models into its model cache, run the attack and the HMC defence
+over many test references, or sample and score the diffusion models, in one process
+or in several (torchrun).
 
 The chapters of the book train their models when they first need them and keep them in
 a disk cache (default ~/.cache/companion/models, or $COMPANION_CACHE_DIR). At the
@@ -70,6 +72,7 @@ examples:
   python -m companion train vae --profile quick
   torchrun --nproc_per_node=4 -m companion train all --profile full
   torchrun --nproc_per_node=4 -m companion defend --profile full --out d.safetensors
+  torchrun --nproc_per_node=4 -m companion fid --profile full --out fid.safetensors
 """
 
 
@@ -186,6 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="references per batch of chains (default: the profile's)",
     )
     defend.add_argument("--out", type=Path, required=True, help="the results file")
+
+    fid = commands.add_parser(
+        "fid",
+        help="sample the diffusion models and score the samples (FID, precision, "
+        "recall)",
+        description="Draw samples of chapter 7's DDPM and of DAED at every β₁ of the "
+        "profile (chapter 8's denoising autoencoders), all from the same reverse "
+        "trajectories, and score each model's samples against the test split: FID "
+        "and improved precision / recall in the feature space of the book's "
+        "classifier (not Inception's: numbers compare within the book only). Writes "
+        "one safetensors file with the samples and the scores in its header; trains "
+        "the models first if the cache lacks them.",
+    )
+    _common(fid)
+    fid.add_argument(
+        "--samples",
+        type=int,
+        help="samples per model (default: the profile's n_samples)",
+    )
+    fid.add_argument(
+        "--batch-size",
+        type=int,
+        default=250,
+        help="samples per batch of reverse trajectories (default 250)",
+    )
+    fid.add_argument("--out", type=Path, required=True, help="the results file")
     return parser
 
 
@@ -396,6 +425,50 @@ def _defend(args: argparse.Namespace, world: World, profile: Profile) -> None:
         )
 
 
+def _fid(args: argparse.Namespace, world: World, profile: Profile) -> None:
+    from companion.diffusion.images import load_diffusion_images
+    from companion.sharded_fid import draw_samples, save_samples, score_samples
+
+    _check_writable(world, args.out.expanduser().resolve().parent)
+    run = TrainingRun(world=world)
+    d = profile.diffusion
+    ddpm = recipes.chapter7_ddpm(profile, device=world.device, run=run)
+    daes = {
+        b: recipes.chapter8_dae(profile, beta_1=b, device=world.device, run=run)
+        for b in d.beta_1s
+    }
+    start = time.perf_counter()
+    samples = draw_samples(
+        ddpm,
+        daes,
+        n=args.samples or d.n_samples,
+        batch_size=args.batch_size,
+        seed=profile.seed,
+        world=world,
+    )
+    if samples is None:  # not rank 0
+        return
+    real = load_diffusion_images(name=d.data, split="test", image_size=d.image_size)
+    scores = score_samples(
+        samples,
+        extractor=recipes.feature_classifier(profile, device=world.device),
+        real=real.images,
+    )
+    path = save_samples(
+        args.out,
+        samples,
+        scores=scores,
+        extra={"profile": profile.name, "seed": profile.seed},
+    )
+    _say(world, f"samples and scores in {time.perf_counter() - start:.1f} s -> {path}")
+    for name, score in scores.items():
+        _say(
+            world,
+            f"  {name:<11} FID {score['fid']:7.2f}  precision "
+            f"{score['precision']:.3f}  recall {score['recall']:.3f}",
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors exit with a message)."""
     args = build_parser().parse_args(argv)
@@ -417,10 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise _fail(str(err)) from None
     try:
         _check_writable(world, cache_dir())
-        if args.command == "train":
-            _train(args, world, profile)
-        else:
-            _defend(args, world, profile)
+        {"train": _train, "defend": _defend, "fid": _fid}[args.command](
+            args, world, profile
+        )
     finally:
         close_world(world)
     return 0

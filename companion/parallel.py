@@ -10,19 +10,31 @@ program runs unchanged in one process.
 
 Everything here is a thin, typed layer over ``torch.distributed``: which contiguous
 part of a batch or of a list of references a rank owns (:meth:`World.part`), and
-collecting Python objects from every rank (:meth:`World.gather`).
+collecting Python objects from every rank (:meth:`World.gather`), and work cut into
+numbered chunks shared out and collected in order (:func:`map_chunks`), whose result
+does not depend on the number of processes.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "init_world", "close_world", "rank_seed"]
+from companion.progress import progress_bar
+
+__all__ = [
+    "World",
+    "init_world",
+    "close_world",
+    "rank_seed",
+    "chunk_generator",
+    "map_chunks",
+]
 
 
 @dataclass(frozen=True)
@@ -122,3 +134,44 @@ def rank_seed(seed: int, rank: int) -> int:
     rank 0, so that one process draws what it always drew, and a distinct seed derived
     from it for every other rank."""
     return seed if rank == 0 else (seed * 1_000_003 + rank) % 2**63
+
+
+def chunk_generator(seed: int, chunk: int, device: torch.device) -> torch.Generator:
+    """The generator of chunk c's random numbers: seeded from (seed, c) alone, so a
+    chunk draws the same numbers whichever rank runs it."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk)
+
+
+def map_chunks(
+    world: World,
+    n_chunks: int,
+    work: Callable[[int], dict[str, torch.Tensor]],
+    *,
+    desc: str,
+    progress: bool | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """Run ``work(c)`` for chunks c = 0..n_chunks−1, chunk c on rank c mod K, and
+    collect the results on rank 0.
+
+    Args:
+        work: chunk index -> named tensors whose first axis runs over the chunk's items
+            (moved to the CPU to be gathered).
+        desc: the progress bar's label (rank 0's bar counts its own chunks).
+
+    Returns:
+        On rank 0, every name's tensors concatenated in chunk order; None elsewhere.
+    """
+    mine = range(world.rank, n_chunks, world.size)
+    done = {
+        c: {k: v.detach().cpu() for k, v in work(c).items()}
+        for c in progress_bar(
+            mine, desc=desc, enabled=progress if world.is_main else False
+        )
+    }
+    gathered: dict[int, dict[str, torch.Tensor]] = {}
+    for part in world.gather(done):
+        gathered.update(part)
+    if not world.is_main:
+        return None
+    ordered = [gathered[c] for c in range(n_chunks)]
+    return {k: torch.cat([chunk[k] for chunk in ordered]) for k in ordered[0]}

@@ -4,8 +4,9 @@ what ``python -m companion defend`` runs.
 The papers' defence is embarrassingly parallel: every reference's attack and chains are
 its own. The references are cut into chunks of ``batch_size`` in a fixed order, chunk c
 is attacked and defended on rank c mod K with a generator seeded from (seed, c) alone,
-and rank 0 collects the chunks in order. So the result does not depend on the number
-of processes: K ranks give one process's numbers chain by chain.
+and rank 0 collects the chunks in order (:func:`companion.parallel.map_chunks`). So the
+result does not depend on the number of processes: K ranks give one process's numbers
+chain by chain.
 
 For each reference the result holds the attack (the adversarial input and its SKL) and,
 at every T of the grid, the codes of the clean and of the attacked chain and their
@@ -16,19 +17,16 @@ yardstick, without the latent classifier).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from companion.attacks import AttackConfig, unsupervised_attack
 from companion.defence import defence_curves
 from companion.metrics import ms_ssim
-from companion.parallel import World
-from companion.progress import progress_bar
+from companion.parallel import World, chunk_generator, map_chunks
+from companion.training_state import save_tensors
 
 __all__ = ["DefendSettings", "defend_references", "save_defence"]
 
@@ -62,10 +60,6 @@ class DefendSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or not self.steps_grid:
             raise ValueError("batch_size must be >= 1 and steps_grid non-empty")
-
-
-def _chunk_generator(seed: int, chunk: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk)
 
 
 def _defend_chunk(
@@ -129,25 +123,18 @@ def defend_references(
     """
     world = world or World(device=x_ref.device)
     chunks = x_ref.split(settings.batch_size)
-    mine = range(world.rank, len(chunks), world.size)
-    done = {
-        c: _defend_chunk(
+    return map_chunks(
+        world,
+        len(chunks),
+        lambda c: _defend_chunk(
             model,
             chunks[c].to(world.device),
             settings,
-            _chunk_generator(settings.seed, c, world.device),
-        )
-        for c in progress_bar(
-            mine, desc="defending", enabled=progress if world.is_main else False
-        )
-    }
-    gathered: dict[int, dict[str, torch.Tensor]] = {}
-    for part in world.gather(done):
-        gathered.update(part)
-    if not world.is_main:
-        return None
-    ordered = [gathered[c] for c in range(len(chunks))]
-    return {k: torch.cat([chunk[k] for chunk in ordered]) for k in ordered[0]}
+            chunk_generator(settings.seed, c, world.device),
+        ),
+        desc="defending",
+        progress=progress,
+    )
 
 
 def save_defence(
@@ -160,8 +147,6 @@ def save_defence(
     """Write the results to one safetensors file, atomically, with the settings and
     the mean MS-SSIM per T (clean and attacked) as JSON in its header
     (``safetensors.safe_open(path, "pt").metadata()["defence"]``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         f"T{t}": {
             name: float(results[f"T{t}.ms_ssim_{name}"].mean())
@@ -170,16 +155,4 @@ def save_defence(
         for t in sorted(set(settings.steps_grid))
     }
     header = {"settings": asdict(settings), "mean_ms_ssim": summary, **(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(
-            {k: v.contiguous() for k, v in results.items()},
-            tmp,
-            metadata={"defence": json.dumps(header)},
-        )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_tensors(path, results, metadata={"defence": json.dumps(header)})

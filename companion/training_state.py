@@ -28,7 +28,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["Checkpointing", "save_training_state", "load_training_state"]
+__all__ = [
+    "Checkpointing",
+    "save_training_state",
+    "load_training_state",
+    "save_tensors",
+]
 
 _HEADER = "training_state"
 
@@ -111,25 +116,37 @@ def _join(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return value
 
 
+def save_tensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], *, metadata: dict[str, str]
+) -> Path:
+    """Write named tensors and string metadata to a safetensors file, atomically (a
+    temporary file in the same directory, then renamed; parents are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            tmp,
+            metadata=metadata,
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def save_training_state(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (nested dicts / lists of tensors and JSON values) atomically.
 
     Tensors are copied to the CPU; int-keyed mappings (an optimizer's ``state``) come
     back with int keys.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     document = _split(dict(state), "state", tensors)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_HEADER: json.dumps(document)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_tensors(path, tensors, metadata={_HEADER: json.dumps(document)})
 
 
 def load_training_state(path: str | Path) -> dict[str, Any] | None:

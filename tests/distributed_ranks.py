@@ -14,11 +14,17 @@ from safetensors.torch import load_file, save_file
 
 from companion import cli
 from companion.data import load_images
-from companion.diffusion import DDPM, DiffusionTrainConfig, make_schedule
+from companion.diffusion import (
+    DDPM,
+    DenoisingAutoencoder,
+    DiffusionTrainConfig,
+    make_schedule,
+)
 from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, VAEConfig
 from companion.models.unet import UNet, UNetConfig
 from companion.parallel import close_world, init_world
 from companion.sharded_defence import DefendSettings, defend_references
+from companion.sharded_fid import draw_samples
 from companion.sharded_training import (
     TrainingRun,
     train_ddpm_sharded,
@@ -54,6 +60,15 @@ DEFENCE = DefendSettings(
     seed=5,
 )
 CLI_ARGS = ["train", "vae", "--profile", "quick", "--smoke", "--no-progress"]
+
+
+SAMPLING = dict(n=10, batch_size=4, seed=2)  # chunks of 4, 4, 2 on ranks 0, 1, 0
+
+
+def dae() -> DenoisingAutoencoder:
+    """An (untrained) denoising autoencoder for the DDPM of :func:`models`."""
+    torch.manual_seed(1)
+    return DenoisingAutoencoder(UNet(UNET), make_schedule("linear", 30), beta_1=0.1)
 
 
 def images() -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +111,8 @@ def two_rank_results(root: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def rank_main(rank: int, out: str, port: int) -> None:
-    """One rank: train the three models, defend 20 references, run ``train vae``."""
+    """One rank: train the three models, defend 20 references, draw DDPM and DAED
+    samples, run ``train vae``."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -121,14 +137,16 @@ def rank_main(rank: int, out: str, port: int) -> None:
     defended = defend_references(
         nets["vae"], x_ref=valid[:20], settings=DEFENCE, world=world
     )
+    sampled = draw_samples(nets["ddpm"], {0.1: dae()}, **SAMPLING, world=world)
     if world.is_main:
         tensors = {
             f"{name}.{k}": v.contiguous()
             for name, net in nets.items()
             for k, v in net.state_dict().items()
         }
-        assert defended is not None
+        assert defended is not None and sampled is not None
         tensors |= {f"defence.{k}": v for k, v in defended.items()}
+        tensors |= {f"samples.{k}": v for k, v in sampled.items()}
         save_file(tensors, str(Path(out) / "rank0.safetensors"))
     cli.main([*CLI_ARGS, "--cache-dir", str(Path(out) / "cache")])
     close_world(world)
