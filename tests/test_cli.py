@@ -145,3 +145,14 @@ def test_the_recipes_cache_keys_are_those_the_book_was_built_with(monkeypatch) -
         "dae-0.1-0d2aeae969c6e521.safetensors",
         "generator-0.1-f8a6a20a13235c97.safetensors",
     ]
+
+
+def test_the_console_script_carries_the_distributions_name() -> None:
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())[
+        "project"
+    ]
+    assert project["scripts"] == {project["name"]: "companion.cli:main"}
+    assert cli.PROG == project["name"]
