@@ -235,7 +235,8 @@ def train_vae_sharded(
         ``model`` holds the best validation epoch's weights.
 
     Raises:
-        ValueError: the global batch does not divide into the processes, or free bits
+        ValueError: the global batch does not divide into the processes, the last
+            batch of an epoch has fewer images than there are processes, or free bits
             with several processes (the per-group clamp acts on the global batch's mean
             KL, which no rank sees).
     """
@@ -243,6 +244,12 @@ def train_vae_sharded(
     _check_batch(config.batch_size, world)
     if world.distributed and config.free_bits > 0:
         raise ValueError("free bits train in one process only (free_bits > 0)")
+    tail = len(train_images) % config.batch_size
+    if 0 < tail < world.size:
+        raise ValueError(
+            f"the last batch of every epoch holds {tail} of the {len(train_images)} "
+            f"images, fewer than the {world.size} processes; run fewer processes"
+        )
     shape = tuple(getattr(model, "image_shape", train_images.shape[1:]))
     check_images(train_images, shape=shape)
     check_images(valid_images, shape=shape)

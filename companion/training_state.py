@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ class Checkpointing:
     path: Path
     every_steps: int | None = 1_000
     every_minutes: float | None = 15.0
-    after_save: Any = None
+    after_save: Callable[[int], None] | None = None
     _last_step: int = field(default=0, repr=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)
 

@@ -176,7 +176,7 @@ def test_a_diffusion_run_stopped_after_a_checkpoint_resumes_to_the_same_weights(
     assert history.loss == expected.loss
 
 
-def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused() -> None:
+def test_batches_that_do_not_divide_among_the_processes_are_refused() -> None:
     train, valid = images()
     three = TrainingRun(world=World(rank=0, size=3))  # fails before any collective
     with pytest.raises(ValueError, match="64 does not divide into 3 processes"):
@@ -190,6 +190,15 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused() ->
     with pytest.raises(ValueError, match="16 does not divide into 3 processes"):
         train_ddpm_sharded(
             models()["ddpm"], images=train, config=DIFFUSION_BUDGET, run=three
+        )
+    two = TrainingRun(world=World(rank=0, size=2))
+    with pytest.raises(ValueError, match="holds 1 of the 65 images, fewer than the 2"):
+        train_vae_sharded(
+            model=models()["vae"],
+            train_images=train[:65],
+            valid_images=valid,
+            config=VAE_BUDGET,
+            run=two,
         )
 
 
