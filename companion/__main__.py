@@ -1,7 +1,11 @@
-"""``python -m companion``: the command line of :mod:`companion.cli`."""
+"""``python -m companion``: runs :func:`companion.cli.main` (see its ``--help``).
+
+Importing this module (as the API reference does) runs nothing.
+"""
 
 import sys
 
 from companion.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
