@@ -17,6 +17,7 @@ bends from it towards p_θ(z|x^a).
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, FancyArrowPatch
 
@@ -53,7 +54,8 @@ def draw_tv_bound(
             chain's path from it to q^(t)(z|x^a).
 
     Returns:
-        A new figure (not shown, not closed) with one axes and no ticks. Its texts
+        A new pyplot figure (not shown, not closed: close it, or hand it to
+        :func:`companion.pages.glue_figure`) with one axes and no ticks. Its texts
         name the distributions, the three terms (:data:`TERM_LABELS`) and the left
         side.
 
@@ -64,7 +66,9 @@ def draw_tv_bound(
         raise ValueError(f"width must be in (0, {MAX_FIGURE_WIDTH}] in, got {width}")
     if height <= 0 or font_size <= 0:
         raise ValueError(f"height and font_size must be > 0, got {height}, {font_size}")
-    fig = Figure(figsize=(width, height))
+    # through pyplot, so that a notebook's inline backend is set up to show it even
+    # when it is the page's first figure (a bare Figure() was glued as text only)
+    fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set(xlim=(0, 10), ylim=(0, 5))
     ax.set_axis_off()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import matplotlib as mpl
+import matplotlib.pyplot as plt
 import pytest
 from matplotlib.figure import Figure
 
 from companion.diagrams.tv_bound import TERM_LABELS, draw_tv_bound
 from companion.style import MAX_FIGURE_WIDTH
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    yield
+    plt.close("all")
 
 
 def _texts(fig: Figure) -> str:
@@ -40,10 +49,15 @@ def test_names_the_clean_and_attacked_posteriors_and_the_encoders_code() -> None
     assert "fooled encoder" not in _texts(draw_tv_bound(show_chain_start=False))
 
 
-def test_renders_without_error_and_refuses_a_figure_wider_than_the_column() -> None:
+def test_renders_to_png_and_refuses_a_figure_wider_than_the_column() -> None:
+    from IPython.core.pylabtools import print_figure
+
     fig = draw_tv_bound(width=6.0, height=3.0, font_size=8.0)
     with mpl.rc_context({"text.usetex": False}):
         fig.canvas.draw()  # mathtext parses every label
+    # what a notebook's inline backend stores (tight bounding box, as it crops)
+    assert print_figure(fig, "png", bbox_inches="tight").startswith(b"\x89PNG")
+    assert fig.number in plt.get_fignums(), "a pyplot figure, so notebooks show it"
     assert tuple(fig.get_size_inches()) == (6.0, 3.0)
     with pytest.raises(ValueError, match="width"):
         draw_tv_bound(width=MAX_FIGURE_WIDTH + 1)
