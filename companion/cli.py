@@ -16,11 +16,12 @@ started again with the same arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -469,13 +470,38 @@ def _fid(args: argparse.Namespace, world: World, profile: Profile) -> None:
         )
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a command, then restore them
+    (the recipes read the cache directory and the progress setting from there)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (errors exit with a message)."""
+    """Run the command line; returns the exit status (errors exit with a message).
+
+    The process's environment is left as it was found.
+    """
     args = build_parser().parse_args(argv)
+    settings = {}
     if args.cache_dir is not None:
-        os.environ[CACHE_DIR_ENV] = str(args.cache_dir.expanduser().resolve())
+        settings[CACHE_DIR_ENV] = str(args.cache_dir.expanduser().resolve())
     if args.no_progress:
-        os.environ[PROGRESS_ENV] = "0"
+        settings[PROGRESS_ENV] = "0"
+    with _environment(settings):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if not cache_enabled():
         raise _fail("the model cache is off (COMPANION_CACHE=0): nothing would be kept")
     try:

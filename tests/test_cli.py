@@ -5,6 +5,7 @@ nothing."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -95,8 +96,10 @@ def test_an_unknown_model_name_fails_before_anything_is_written(tmp_path) -> Non
 def test_a_cache_directory_that_cannot_be_written_fails_clearly(tmp_path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    before = dict(os.environ)
     with pytest.raises(SystemExit, match="cannot write to .*a-file/cache"):
         cli.main([*CLI_ARGS, "--cache-dir", str(blocker / "cache")])
+    assert dict(os.environ) == before  # the command left the environment as it was
 
 
 def test_a_global_batch_that_does_not_divide_among_the_processes_fails_clearly(
