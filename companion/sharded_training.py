@@ -286,6 +286,8 @@ def train_vae_sharded(
         )
         gen.set_state(saved["data_generator"])
         _set_rng_states(saved["rng"], device)
+        if checkpoint is not None:
+            checkpoint.resumed(step)
     start = time.perf_counter()
     bar = progress_bar(
         range(first_epoch, config.epochs),
@@ -521,6 +523,8 @@ def fit_sharded(
         if dev_gen is not gen:
             dev_gen.set_state(saved["draw_generator"])
         _set_rng_states(saved["rng"][world.rank], device)
+        if checkpoint is not None:
+            checkpoint.resumed(first_step)
     start = time.perf_counter()
     bar = progress_bar(
         range(first_step, config.steps),

@@ -80,6 +80,11 @@ class Checkpointing:
         )
         return by_count or by_time
 
+    def resumed(self, step: int) -> None:
+        """Note that the run resumed from a checkpoint of step ``step`` (the next save
+        falls due counting from there)."""
+        self._last_step, self._last_time = step, time.monotonic()
+
     def saved(self, step: int) -> None:
         """Note a save at ``step`` and call :attr:`after_save`."""
         self._last_step, self._last_time = step, time.monotonic()

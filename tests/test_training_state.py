@@ -61,5 +61,7 @@ def test_checkpoints_fall_due_by_step_count() -> None:
     assert not every.due(2) and every.due(3)
     every.saved(3)
     assert not every.due(5) and every.due(6) and seen == [3]
+    every.resumed(10)  # a resumed run counts from its checkpoint, without the hook
+    assert not every.due(12) and every.due(13) and seen == [3]
     with pytest.raises(ValueError, match="every_steps"):
         Checkpointing(path=None, every_steps=0)
