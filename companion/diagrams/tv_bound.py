@@ -17,7 +17,10 @@ bends from it towards p_θ(z|x^a).
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, FancyArrowPatch
 
@@ -111,36 +114,47 @@ def draw_tv_bound(
     blob(_ATTACKED_POSTERIOR, 1.5, 0.9, 25, posterior)
     blob(_CLEAN_ENCODER, 1.2, 0.55, 0, encoder)
     blob(_CHAIN, 1.3, 0.75, 15, chain)
-    text = dict(fontsize=font_size, va="center")
-    grey = dict(fontsize=small, va="center", color="grey")
-    left, right = dict(ha="right"), dict(ha="left")
-    ax.text(
-        *_plus(_CLEAN_POSTERIOR, -0.85, 0.1), r"$p_\theta(z \mid x^r)$", **text, **left
+    text: dict[str, Any] = dict(fontsize=font_size, va="center")
+    grey: dict[str, Any] = dict(fontsize=small, va="center", color="grey")
+    left: dict[str, Any] = dict(ha="right")
+    right: dict[str, Any] = dict(ha="left")
+    _say(
+        ax,
+        _plus(_CLEAN_POSTERIOR, -0.85, 0.1),
+        r"$p_\theta(z \mid x^r)$",
+        **text,
+        **left,
     )
-    ax.text(*_plus(_CLEAN_POSTERIOR, -0.85, -0.2), "clean posterior", **grey, **left)
-    ax.text(
-        *_plus(_ATTACKED_POSTERIOR, 0.85, 0.1),
+    _say(ax, _plus(_CLEAN_POSTERIOR, -0.85, -0.2), "clean posterior", **grey, **left)
+    _say(
+        ax,
+        _plus(_ATTACKED_POSTERIOR, 0.85, 0.1),
         r"$p_\theta(z \mid x^a)$",
         **text,
         **right,
     )
-    ax.text(
-        *_plus(_ATTACKED_POSTERIOR, 0.85, -0.2),
+    _say(
+        ax,
+        _plus(_ATTACKED_POSTERIOR, 0.85, -0.2),
         "attacked input's posterior",
         **grey,
         **right,
     )
-    centre = dict(ha="center")
-    ax.text(*_plus(_CLEAN_ENCODER, 0, -0.5), r"$q_\phi(z \mid x^r)$", **text, **centre)
-    ax.text(*_plus(_CLEAN_ENCODER, 0, -0.8), "encoder's code, clean", **grey, **centre)
-    ax.text(*_plus(_CHAIN, 0, -0.6), r"$q^{(t)}(z \mid x^a)$", **text, **centre)
-    ax.text(*_plus(_CHAIN, 0, -0.9), "defended codes", **grey, **centre)
+    centre: dict[str, Any] = dict(ha="center")
+    _say(ax, _plus(_CLEAN_ENCODER, 0, -0.5), r"$q_\phi(z \mid x^r)$", **text, **centre)
+    _say(ax, _plus(_CLEAN_ENCODER, 0, -0.8), "encoder's code, clean", **grey, **centre)
+    _say(ax, _plus(_CHAIN, 0, -0.6), r"$q^{(t)}(z \mid x^a)$", **text, **centre)
+    _say(ax, _plus(_CHAIN, 0, -0.9), "defended codes", **grey, **centre)
     if show_chain_start:
         blob(_FOOLED_ENCODER, 1.1, 0.5, 0, encoder, style="--")
-        ax.text(
-            *_plus(_FOOLED_ENCODER, 0, -0.5), r"$q_\phi(z \mid x^a)$", **text, **centre
+        _say(
+            ax,
+            _plus(_FOOLED_ENCODER, 0, -0.5),
+            r"$q_\phi(z \mid x^a)$",
+            **text,
+            **centre,
         )
-        ax.text(*_plus(_FOOLED_ENCODER, 0, -0.8), "fooled encoder", **grey, **centre)
+        _say(ax, _plus(_FOOLED_ENCODER, 0, -0.8), "fooled encoder", **grey, **centre)
         arrow(_FOOLED_ENCODER, _CHAIN, chain, ls="--", rad=-0.25, lw=1.2)
         ax.text(8.3, 1.95, "HMC, t steps", fontsize=small, color=chain, ha="center")
 
@@ -148,7 +162,7 @@ def draw_tv_bound(
     arrow(_CHAIN, _ATTACKED_POSTERIOR, "black")
     arrow(_ATTACKED_POSTERIOR, _CLEAN_POSTERIOR, "black")
     arrow(_CLEAN_POSTERIOR, _CLEAN_ENCODER, "black")
-    term = dict(fontsize=small, va="center")
+    term: dict[str, Any] = dict(fontsize=small, va="center")
     ax.text(
         6.3,
         2.55,
@@ -191,6 +205,11 @@ def draw_tv_bound(
         va="center",
     )
     return fig
+
+
+def _say(ax: Axes, at: tuple[float, float], label: str, **style: Any) -> None:
+    x, y = at
+    ax.text(x, y, label, **style)
 
 
 def _plus(point: tuple[float, float], dx: float, dy: float) -> tuple[float, float]:
