@@ -23,12 +23,8 @@ from test_sharded_training import two_ranks  # noqa: F401 (the two-process fixtu
 SMOKE = smoke_profile(QUICK)
 
 
-def _chapter2(monkeypatch, cache) -> torch.nn.Module:
-    """Chapter 2's call, with the cache at ``cache`` and training forbidden."""
-    monkeypatch.setenv("COMPANION_CACHE_DIR", str(cache))
-    monkeypatch.setattr(
-        recipes, "train_vae", lambda **_: pytest.fail("a cache hit must not train")
-    )
+def _chapter2_vae() -> torch.nn.Module:
+    """Chapter 2's own recipe call on the smoke profile's data."""
     size = SMOKE.data.image_size
     train, valid = (
         load_images(name=SMOKE.data.name, split=s, image_size=size)
@@ -38,6 +34,15 @@ def _chapter2(monkeypatch, cache) -> torch.nn.Module:
         SMOKE, train=train, valid=valid, device=torch.device("cpu")
     )
     return vae
+
+
+def _chapter2(monkeypatch, cache) -> torch.nn.Module:
+    """Chapter 2's call, with the cache at ``cache`` and training forbidden."""
+    monkeypatch.setenv("COMPANION_CACHE_DIR", str(cache))
+    monkeypatch.setattr(
+        recipes, "train_vae", lambda **_: pytest.fail("a cache hit must not train")
+    )
+    return _chapter2_vae()
 
 
 def test_the_chapter_loads_the_vae_two_processes_trained(
@@ -58,14 +63,7 @@ def test_one_process_trains_the_chapters_vae_weight_for_weight(
     tmp_path, monkeypatch
 ) -> None:
     monkeypatch.setenv("COMPANION_CACHE", "0")  # the chapter trains it itself
-    size = SMOKE.data.image_size
-    train, valid = (
-        load_images(name=SMOKE.data.name, split=s, image_size=size)
-        for s in ("train", "valid")
-    )
-    own, _ = recipes.chapter2_vae(
-        SMOKE, train=train, valid=valid, device=torch.device("cpu")
-    )
+    own = _chapter2_vae()
     monkeypatch.delenv("COMPANION_CACHE")
     assert cli.main([*CLI_ARGS, "--cache-dir", str(tmp_path), "--device", "cpu"]) == 0
     cached = _chapter2(monkeypatch, tmp_path)
