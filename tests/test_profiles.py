@@ -285,8 +285,10 @@ def test_smoke_keeps_data_architectures_and_grid_shapes_and_shrinks_counts(
         profile.hvae.width,
     )
     d, sd = profile.diffusion, smoke.diffusion
-    for kept in ("data", "ood_data", "image_size", "channels", "channel_mults"):
+    for kept in ("data", "ood_data", "image_size", "channel_mults"):
         assert getattr(sd, kept) == getattr(d, kept)
+    # the UNet keeps its structure at the narrowest width its group norms allow
+    assert sd.channels == min(d.channels, profiles.SMOKE_UNET_CHANNELS) == 8
     assert (sd.res_blocks, sd.attention_resolutions, sd.beta_1s) == (
         d.res_blocks,
         d.attention_resolutions,

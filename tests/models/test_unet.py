@@ -69,6 +69,21 @@ def test_full_profile_unet_is_the_authors_size() -> None:
     )
 
 
+@pytest.mark.parametrize("name", ["quick", "gpu", "full"])
+def test_every_profiles_unet_runs_at_its_real_width(name: str) -> None:
+    # the smoke runs shrink the UNet's width (profiles.SMOKE_UNET_CHANNELS); the real
+    # one is built and run here
+    from companion.profiles import get_profile
+    from companion.recipes import diffusion_unet_config
+
+    profile = get_profile(name)
+    config = diffusion_unet_config(profile)
+    assert config.channels == profile.diffusion.channels
+    size = config.image_size
+    x = torch.randn(2, 1, size, size)
+    assert UNet(config)(x, torch.tensor([1, profile.diffusion.T])).shape == x.shape
+
+
 def test_the_output_depends_on_the_step_once_trained_weights_are_nonzero() -> None:
     torch.manual_seed(0)
     net = UNet(UNetConfig(image_size=8, channels=8))
