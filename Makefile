@@ -5,7 +5,8 @@
 #               nbval over every chapter, HTML build with -W, every page checked in
 #               headless Chromium
 # and, not part of make test: make compat (the unit tests on the newest and the lowest
-# versions pyproject.toml admits; downloads a few GB), make bench, make gpu-check.
+# versions pyproject.toml admits; downloads a few GB), make bench, make profile (where the
+# book's time goes), make gpu-check.
 # Everything installs through constraints.txt (exact pins: torch==2.13.0, jax==0.10.2 with
 # numpyro==0.22.0, and the rest), with the NumPyro backend that chapter 6 runs.
 
@@ -21,7 +22,7 @@ CHAPTERS := $(sort $(wildcard book/*.ipynb))
 # your own runs get bars, the profile your hardware suggests and ~/.cache/companion.
 BOOK_ENV := COMPANION_PROFILE=quick COMPANION_PROGRESS=0 COMPANION_CACHE_DIR=$(CURDIR)/_build/model-cache
 
-.PHONY: book test lint unit dist smoke nbval html browser compat bench gpu-check constraints clean
+.PHONY: book test lint unit dist smoke nbval profile html browser compat bench gpu-check constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,18 +60,55 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict _build/dist/*
 	$(BIN)/python tests/check_dist.py _build/dist
 
+# The unit tests, the smoke runs and nbval run in WORKERS pytest-xdist processes of one
+# thread each (torch, OpenMP and XLA). The unit tests and smoke runs are small models and
+# Python, which one thread runs as fast as two; the chapters' kernels split well over two
+# threads (two one-thread workers get 1.04-1.14x their work done), so nbval gains less,
+# but it gains (benchmarks/README.md, "Threads and workers"). WORKERS=0: one process,
+# torch's default threads.
+WORKERS ?= 2
+ifeq ($(WORKERS),0)
+XDIST :=
+THREADS :=
+else
+XDIST := -n $(WORKERS)
+THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+endif
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not smoke" tests
+	$(THREADS) $(BIN)/python -m pytest -q $(XDIST) -m "not smoke" tests
 
 # Every chapter under the gpu profile, chapters 7-9 under full (elsewhere its smoke
 # settings are gpu's), at smoke counts (COMPANION_SMOKE=1) on
 # MNIST-shaped files written from the embedded digits, and gpu-check's CPU dry run.
 smoke: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m smoke tests
+	$(THREADS) $(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m smoke \
+	  --junitxml=_build/smoke-junit.xml tests
 
-# Executes each chapter once and compares the cells marked NBVAL_CHECK_OUTPUT.
+# Executes each chapter once and compares the cells marked NBVAL_CHECK_OUTPUT. With
+# workers, each chapter runs whole in one of them (--dist loadscope), in the order below
+# (--no-loadscope-reorder): the chapters that train models others load first (the cache
+# makes a chapter that needs one wait for it rather than train it again), then the rest
+# longest first (benchmarks/book_profile.md).
+NBVAL_ORDER := book/07_diffusion_snr.ipynb \
+  book/02_elbo_and_vaes.ipynb \
+  book/03_hierarchical_vaes.ipynb \
+  book/08_daed.ipynb \
+  book/06_hmc_defence.ipynb \
+  book/09e_diffusion_denoisers.ipynb \
+  book/09a_adaptive_attacks.ipynb \
+  book/09b_attacks_as_diagnostic.ipynb
+NBVAL_CHAPTERS := $(NBVAL_ORDER) $(filter-out $(NBVAL_ORDER),$(CHAPTERS))
 nbval: $(STAMP)
-	$(BOOK_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(CHAPTERS)
+	$(BOOK_ENV) $(THREADS) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  $(if $(XDIST),$(XDIST) --dist loadscope --no-loadscope-reorder) $(NBVAL_CHAPTERS)
+
+# Where the time goes: every chapter from an empty model cache as nbval runs it, per cell
+# and per companion call, and the last make smoke's runs (benchmarks/book_profile.md).
+profile: $(STAMP)
+	$(BIN)/python benchmarks/profile_book.py --workers $(if $(XDIST),$(WORKERS),1) \
+	  $(if $(wildcard _build/smoke-junit.xml),--smoke-junit _build/smoke-junit.xml) $(NBVAL_CHAPTERS)
 
 # Builds the HTML from the stored outputs nbval has just checked (no second execution); the
 # copied configuration lives in _build/, so its local-extension paths are made absolute.
@@ -88,9 +126,10 @@ MATHJAX := _build/mathjax/node_modules/mathjax/es5/tex-mml-chtml.js
 $(MATHJAX):
 	npm install --silent --no-audit --no-fund --prefix _build/mathjax mathjax@3.2.2
 
+# Screenshots (a second load of every page) are for a person: CI (CI set) skips them.
 browser: $(STAMP) $(MATHJAX)
 	$(BIN)/python tests/browser_check.py --html _build/html --mathjax $(MATHJAX) --known tests/browser_known.json \
-	  --screenshots _build/screenshots
+	  $(if $(CI),,--screenshots _build/screenshots)
 
 # The unit tests of the installed package on the newest releases (newest Python here) and
 # on uv's lowest-direct resolution (Python 3.11); results in _build/compat/report.md and

@@ -14,17 +14,24 @@ land in one Markdown file (default ``benchmarks/book_profile.md``)::
 By default the model cache is a new empty folder, so chapters train their models as CI
 does; ``--cache-dir`` reuses a folder (a developer's run). The profiler costs a few per
 cent of the total (Python-level calls only; the kernels run in C++); ``--no-calls``
-times cells alone.
+times cells alone. ``--workers 2`` executes two chapters at a time with one thread per
+kernel, in the order given, as ``make nbval`` does (``make profile`` runs exactly that,
+in nbval's order); a chapter that needs a model another one is training waits for it
+(:mod:`companion.cache`). ``--save`` writes each executed chapter back to its file
+(its stored outputs). ``--smoke-junit`` adds a table of the smoke runs from the JUnit
+XML that ``make smoke`` writes to ``_build/smoke-junit.xml``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +95,11 @@ def _first_line(source: str) -> str:
     return source.strip().splitlines()[0][:60] if source.strip() else ""
 
 
-def profile_chapter(path: Path, *, calls: bool, timeout: int) -> ChapterProfile:
-    """Execute ``path`` in a fresh kernel and time it (environment: the caller's)."""
+def profile_chapter(
+    path: Path, *, calls: bool, timeout: int, save: bool = False
+) -> ChapterProfile:
+    """Execute ``path`` in a fresh kernel and time it (environment: the caller's); with
+    ``save``, write the executed chapter (without the profiler's cells) back to it."""
     notebook = nbformat.read(path, as_version=4)
     own = len(notebook.cells)
     if calls:
@@ -105,6 +115,10 @@ def profile_chapter(path: Path, *, calls: bool, timeout: int) -> ChapterProfile:
     client.execute()
     seconds = time.perf_counter() - started
     offset = 1 if calls else 0
+    if save:
+        executed = nbformat.from_dict(notebook)
+        executed.cells = notebook.cells[offset : offset + own]
+        nbformat.write(executed, path)
     cells = [
         (index, _first_line(cell.source), _cell_seconds(cell))
         for index, cell in enumerate(notebook.cells[offset : offset + own])
@@ -124,7 +138,36 @@ def profile_chapter(path: Path, *, calls: bool, timeout: int) -> ChapterProfile:
     return ChapterProfile(path.stem, seconds, cells, found)
 
 
-def report(profiles: list[ChapterProfile], *, top: int, header: str) -> str:
+def smoke_runs(junit: Path) -> list[str]:
+    """A Markdown table of the smoke stage's tests by time, from pytest's JUnit XML."""
+    cases = [
+        (case.get("name", "?"), float(case.get("time", 0)))
+        for case in ET.parse(junit).getroot().iter("testcase")
+    ]
+    total = sum(seconds for _, seconds in cases)
+    lines = [
+        "",
+        "## Smoke runs",
+        "",
+        f"{len(cases)} tests, {total:.0f} s summed over workers (`{junit.name}`).",
+        "",
+        "| test | seconds | share |",
+        "|---|---:|---:|",
+    ]
+    for name, seconds in sorted(cases, key=lambda c: -c[1]):
+        name = name.replace("test_chapter_runs_end_to_end_at_smoke_counts", "chapter")
+        lines.append(f"| `{name}` | {seconds:.0f} | {seconds / total:.0%} |")
+    return lines
+
+
+def report(
+    profiles: list[ChapterProfile],
+    *,
+    top: int,
+    header: str,
+    wall: float,
+    smoke: list[str] | None = None,
+) -> str:
     """The Markdown tables: chapters by total, then each chapter's top cells / calls."""
     total = sum(p.seconds for p in profiles)
     lines = [
@@ -132,7 +175,8 @@ def report(profiles: list[ChapterProfile], *, top: int, header: str) -> str:
         "",
         header,
         "",
-        f"Total: {total:.0f} s ({total / 60:.1f} min) over {len(profiles)} pages.",
+        f"Wall time {wall:.0f} s ({wall / 60:.1f} min); the pages' own times add up to "
+        f"{total:.0f} s ({total / 60:.1f} min) over {len(profiles)} pages.",
         "",
         "| page | seconds | share |",
         "|---|---:|---:|",
@@ -150,7 +194,24 @@ def report(profiles: list[ChapterProfile], *, top: int, header: str) -> str:
             lines.append("|---|---:|---:|")
             for name, (n, s) in sorted(p.calls.items(), key=lambda c: -c[1][1])[:top]:
                 lines.append(f"| `{name}` | {n} | {s:.1f} |")
+    lines += smoke or []
     return "\n".join(lines) + "\n"
+
+
+# what make nbval gives each kernel when it runs chapters side by side (the Makefile's
+# THREADS)
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
+
+
+def _profile_one(job: tuple[Path, bool, int, bool]) -> ChapterProfile:
+    chapter, calls, timeout, save = job
+    profile = profile_chapter(chapter, calls=calls, timeout=timeout, save=save)
+    print(f"{chapter.stem}: {profile.seconds:.0f} s", flush=True)
+    return profile
 
 
 def main() -> None:
@@ -161,6 +222,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8, help="rows per chapter table")
     parser.add_argument("--no-calls", action="store_true", help="cell times only")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="chapters at once, one thread each"
+    )
+    parser.add_argument("--save", action="store_true", help="store executed outputs")
+    parser.add_argument("--smoke-junit", type=Path, help="make smoke's JUnit XML")
     args = parser.parse_args()
     chapters = args.chapters or sorted(BOOK.glob("*.ipynb"))
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="book-profile-cache-"))
@@ -169,22 +235,32 @@ def main() -> None:
         COMPANION_PROGRESS="0",
         COMPANION_CACHE_DIR=str(cache),
     )
-    profiles = []
-    for chapter in chapters:
-        profiles.append(
-            profile_chapter(chapter, calls=not args.no_calls, timeout=args.timeout)
-        )
-        print(f"{chapter.stem}: {profiles[-1].seconds:.0f} s", flush=True)
+    if args.workers > 1:
+        os.environ.update(ONE_THREAD)
+    jobs = [(c, not args.no_calls, args.timeout, args.save) for c in chapters]
+    started = time.perf_counter()
+    if args.workers > 1:
+        # one process per chapter at a time, handed out in the order given
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            profiles = list(pool.imap(_profile_one, jobs, chunksize=1))
+    else:
+        profiles = [_profile_one(job) for job in jobs]
+    wall = time.perf_counter() - started
     threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
     header = (
         f"Measured {datetime.date.today()} on {platform.machine()} with "
-        f"{os.cpu_count()} cores, {threads} threads, quick profile, "
+        f"{os.cpu_count()} cores, {args.workers} chapter(s) at a time, {threads} "
+        "threads per kernel, quick profile, "
         + ("a reused model cache" if args.cache_dir else "an empty model cache")
-        + ", by `python benchmarks/profile_book.py`"
+        + ", by `python benchmarks/profile_book.py"
+        + (f" --workers {args.workers}" if args.workers > 1 else "")
         + (" --no-calls" if args.no_calls else "")
-        + "."
+        + "`."
     )
-    args.out.write_text(report(profiles, top=args.top, header=header))
+    smoke = smoke_runs(args.smoke_junit) if args.smoke_junit else None
+    args.out.write_text(
+        report(profiles, top=args.top, header=header, wall=wall, smoke=smoke)
+    )
     print(f"wrote {args.out}")
 
 

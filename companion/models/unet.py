@@ -204,6 +204,10 @@ class UNet(nn.Module):
             nn.SiLU(),
             _zero_init(nn.Conv2d(c, config.in_channels, 3, padding=1)),
         )
+        # Convolutions, group norms and their gradients run about 1.2x faster on the
+        # CPU with channels-last weights and activations (benchmarks/README.md); the
+        # input is converted in forward, and load_state_dict keeps this layout.
+        self.to(memory_format=torch.channels_last)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -224,7 +228,7 @@ class UNet(nn.Module):
                 f"{tuple(t.shape)}"
             )
         emb = self.time_mlp(timestep_embedding(t, self.config.channels))
-        h = self.stem(x)
+        h = self.stem(x.contiguous(memory_format=torch.channels_last))
         hs = [h]
         for block in self.down:
             h = _run_block(block, h, emb)
@@ -232,7 +236,7 @@ class UNet(nn.Module):
         h = _run_block(self.mid, h, emb)
         for block in self.up:
             h = _run_block(block, torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        return self.out(h).contiguous()
 
 
 def _run_block(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
