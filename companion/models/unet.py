@@ -207,7 +207,8 @@ class UNet(nn.Module):
         # Convolutions, group norms and their gradients run about 1.2x faster on the
         # CPU with channels-last weights and activations (benchmarks/README.md); the
         # input is converted in forward, and load_state_dict keeps this layout.
-        self.to(memory_format=torch.channels_last)
+        # (Module.to documents memory_format; torch's type stubs leave it out.)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
