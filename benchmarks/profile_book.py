@@ -247,10 +247,11 @@ def main() -> None:
         profiles = [_profile_one(job) for job in jobs]
     wall = time.perf_counter() - started
     threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
+    threads = "1 thread" if threads == "1" else f"{threads} threads"
     header = (
         f"Measured {datetime.date.today()} on {platform.machine()} with "
         f"{os.cpu_count()} cores, {args.workers} chapter(s) at a time, {threads} "
-        "threads per kernel, quick profile, "
+        "per kernel, quick profile, "
         + ("a reused model cache" if args.cache_dir else "an empty model cache")
         + ", by `python benchmarks/profile_book.py"
         + (f" --workers {args.workers}" if args.workers > 1 else "")
