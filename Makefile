@@ -89,8 +89,8 @@ smoke: $(STAMP)
 # Executes each chapter once and compares the cells marked NBVAL_CHECK_OUTPUT. With
 # workers, each chapter runs whole in one of them (--dist loadscope), in the order below
 # (--no-loadscope-reorder): the chapters that train models others load first (the cache
-# makes a chapter that needs one wait for it rather than train it again), then the rest
-# longest first (benchmarks/book_profile.md).
+# makes a chapter that needs one wait for it rather than train it again), then the long
+# ones, then the rest in book order (times: benchmarks/book_profile.md).
 NBVAL_ORDER := book/07_diffusion_snr.ipynb \
   book/02_elbo_and_vaes.ipynb \
   book/03_hierarchical_vaes.ipynb \
