@@ -63,7 +63,7 @@ dist: $(STAMP)
 # The unit tests, the smoke runs and nbval run in WORKERS pytest-xdist processes of one
 # thread each (torch, OpenMP and XLA). The unit tests and smoke runs are small models and
 # Python, which one thread runs as fast as two; the chapters' kernels split well over two
-# threads (two one-thread workers get 1.04-1.14x their work done), so nbval gains less,
+# threads (two one-thread workers get 1.04-1.17x their work done), so nbval gains less,
 # but it gains (benchmarks/README.md, "Threads and workers"). WORKERS=0: one process,
 # torch's default threads.
 WORKERS ?= 2
