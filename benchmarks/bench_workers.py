@@ -44,7 +44,8 @@ import sys
 import time
 from collections.abc import Callable
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+from timing import ONE_THREAD
+
 REPEATS = 3
 KERNELS = ("vae train step", "decoder value+grad", "unet train step", "unet sampling")
 

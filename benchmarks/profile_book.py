@@ -38,6 +38,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from timing import ONE_THREAD
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 
@@ -196,15 +198,6 @@ def report(
                 lines.append(f"| `{name}` | {n} | {s:.1f} |")
     lines += smoke or []
     return "\n".join(lines) + "\n"
-
-
-# what make nbval gives each kernel when it runs chapters side by side (the Makefile's
-# THREADS)
-ONE_THREAD = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-}
 
 
 def _profile_one(job: tuple[Path, bool, int, bool]) -> ChapterProfile:

@@ -9,6 +9,14 @@ import torch
 
 from companion.timing import Stopwatch
 
+# What the Makefile's THREADS gives each process beside another worker: one intra-op
+# thread for torch (OpenMP, MKL) and for XLA.
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
+
 
 def median_time(
     fn: Callable[[], object], repeats: int = 1, *, device: torch.device | None = None
