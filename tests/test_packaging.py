@@ -111,7 +111,12 @@ def test_the_test_extra_declares_every_package_the_unit_tests_import() -> None:
         PROJECT["dependencies"] + PROJECT["optional-dependencies"]["test"]
     )
     skipped_without_their_extra = {"jax", "numpyro"}  # pytest.importorskip / skipif
-    local = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {"companion"}
+    # the tests' own helpers, the benchmark scripts some tests import, and the package
+    local = {
+        p.stem
+        for folder in ("tests", "benchmarks")
+        for p in (ROOT / folder).rglob("*.py")
+    } | {"companion"}
     distributions = packages_distributions()
     missing = set()
     for path in (ROOT / "tests").rglob("*.py"):
