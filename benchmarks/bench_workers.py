@@ -54,12 +54,9 @@ def build(kernel: str) -> Callable[[], None]:
     """One unit of ``kernel``'s work (about a second on one core), warmed up."""
     import torch
 
-    from companion.diffusion import DDPM, make_schedule
-    from companion.models.unet import UNet
     from companion.objectives import elbo
     from companion.profiles import QUICK
-    from companion.recipes import diffusion_unet_config
-    from timing import book_vae
+    from timing import book_ddpm, book_vae
 
     torch.manual_seed(0)
     if kernel in ("vae train step", "decoder value+grad"):
@@ -88,8 +85,8 @@ def build(kernel: str) -> Callable[[], None]:
 
     else:
         s = QUICK.diffusion
-        net = UNet(diffusion_unet_config(QUICK))
-        ddpm = DDPM(net, make_schedule(s.schedule, s.T))
+        ddpm = book_ddpm()
+        net = ddpm.net
         x = torch.rand(s.batch_size, 1, s.image_size, s.image_size) * 2 - 1
         if kernel == "unet train step":
             optimiser = torch.optim.AdamW(net.parameters(), lr=1e-4)
@@ -191,16 +188,9 @@ def kernel_ratios() -> list[str]:
     """Each heavy kernel against its bare forward + backward (2 threads)."""
     import torch
 
-    from companion.diffusion import (
-        DDPM,
-        DiffusionTrainConfig,
-        make_schedule,
-        train_ddpm,
-    )
-    from companion.models.unet import UNet
+    from companion.diffusion import DiffusionTrainConfig, train_ddpm
     from companion.profiles import QUICK
-    from companion.recipes import diffusion_unet_config
-    from timing import book_vae, median_time
+    from timing import book_ddpm, book_vae, median_time
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -218,14 +208,15 @@ def kernel_ratios() -> list[str]:
         torch.autograd.grad(model.decoder(z).sum(), z)
 
     s = QUICK.diffusion
-    net = UNet(diffusion_unet_config(QUICK))
+    # trained on by every run below: speed does not need fresh weights
+    ddpm = book_ddpm()
+    net = ddpm.net
     images = torch.rand(512, 1, s.image_size, s.image_size)
     xt = images[: s.batch_size] * 2 - 1
     t = torch.randint(1, s.T + 1, (s.batch_size,))
 
     def train(steps: int) -> Callable[[], None]:
         def run() -> None:
-            ddpm = DDPM(net, make_schedule(s.schedule, s.T))
             config = DiffusionTrainConfig(
                 steps=steps, batch_size=s.batch_size, progress=False
             )

@@ -47,3 +47,15 @@ def book_vae():
     ).eval()
     channels = "/".join(map(str, vs.channels))
     return model, f"{size}×{size} conv VAE ({channels}, z = {vs.z_dim})"
+
+
+def book_ddpm():
+    """The diffusion chapters' DDPM (the quick profile's UNet and schedule; untrained:
+    speed does not depend on the weights), in train mode."""
+    from companion.diffusion import DDPM, make_schedule
+    from companion.models.unet import UNet
+    from companion.profiles import QUICK
+    from companion.recipes import diffusion_unet_config
+
+    s = QUICK.diffusion
+    return DDPM(UNet(diffusion_unet_config(QUICK)), make_schedule(s.schedule, s.T))
