@@ -91,10 +91,11 @@ def refine_posterior(
         generator: torch generator of the start codes and of the chains (the NumPyro
             backend seeds its JAX key from it, so seeded runs repeat exactly).
         torch_compile: run the torch backend's log joint through ``torch.compile``. Its
-            value + gradient, the whole cost of a leapfrog step at batch ≥ 64, ran 1.3×
-            faster at batch 64 and 2× at 1024 on a 2-core CPU, and slower at batch 1
+            value + gradient, the whole cost of a leapfrog step at batch ≥ 64, ran 1.06×
+            faster at batch 64 and 1.09× at 1024 on a 2-core CPU with the book's
+            channels-last decoder (1.6× and 2.1× before it), and slower at batch 1
             (``benchmarks/bench_hmc.py``), after a compilation of 5-20 s per model,
-            batch shape and device: worth it for long chains on large batches. With
+            batch shape and device: measure before relying on it for long chains. With
             fixed step sizes the chains equal the eager ones up to float rounding; step
             sizes adapted in warm-up agree to about 1 % (dual averaging feeds on
             exp(-ΔH), where rounding shows), and the chains then part ways as two seeds
