@@ -7,7 +7,7 @@ training. ``defend`` runs the attack and the HMC defence over many test referenc
 writes one results file; ``fid`` samples the diffusion models and scores the samples.
 All three run in one process, or in several under torchrun (``torchrun
 --nproc_per_node=K -m companion ...``), where training is data-parallel
-(:mod:`companion.sharded_training`) and the references and samples are shared out
+(:mod:`companion.training_run`) and the references and samples are shared out
 (:mod:`companion.sharded_defence`, :mod:`companion.sharded_fid`); only rank 0 writes
 files. A training run interrupted for any reason resumes from its last checkpoint when
 started again with the same arguments.
@@ -39,7 +39,7 @@ from companion.profiles import (
     smoke_profile,
 )
 from companion.progress import PROGRESS_ENV
-from companion.sharded_training import PRECISIONS, TrainingRun
+from companion.training_run import PRECISIONS, TrainingRun
 
 __all__ = ["MODELS", "main", "build_parser"]
 

@@ -109,7 +109,7 @@ def elbo(
         beta: weight of the KL term (β = 1 is the ELBO proper, a bound on ln p(x)).
         n_samples: Monte Carlo samples of the reconstruction term.
         z: (S, B, d) reparameterised samples of the posterior to evaluate the ELBO at,
-            drawn by the caller (:mod:`companion.sharded_training` draws the noise of a
+            drawn by the caller (:func:`companion.train.train_vae` draws the noise of a
             whole global batch and hands every process its rows); default
             ``posterior.rsample((n_samples,))``.
 

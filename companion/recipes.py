@@ -8,14 +8,13 @@ the same model, weight for weight). Trained models are kept in the disk cache of
 so chapter 4 and later load the models chapters 2 and 3 trained instead of training them
 again (``COMPANION_CACHE=0`` retrains every time).
 
-Every recipe that trains takes ``run``: None (the chapters) trains in this process with
-:func:`companion.train.train_vae` or the diffusion loops, as it always has. A
-:class:`~companion.sharded_training.TrainingRun` (the command line, ``python -m
-companion train``) trains the same model under the same cache key with
-:mod:`companion.sharded_training` instead: on all the run's processes, with checkpoints
-it resumes from, and rank 0 alone writing the cache. Its model is the one-process model
-up to float rounding (see that module), which is why it takes the same key: a chapter
-run afterwards finds it; the file's header records how it was trained (``provenance``).
+Every recipe that trains takes ``run``: None (the chapters) trains in this process. A
+:class:`~companion.training_run.TrainingRun` (the command line, ``python -m companion
+train``) trains the same model under the same cache key with the same loops on all the
+run's processes, with checkpoints it resumes from, and rank 0 alone writing the cache.
+Its model is the one-process model up to float rounding (see
+:mod:`companion.training_run`), which is why it takes the same key: a chapter run
+afterwards finds it; the file's header records how it was trained (``provenance``).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ if TYPE_CHECKING:  # the recipes import these lazily, when a chapter first needs
     from companion.diffusion import DDPM, DenoisingAutoencoder, DiffusionTrainConfig
     from companion.models.unet import UNetConfig
     from companion.sample_quality import FeatureClassifier
-    from companion.sharded_training import TrainingRun
+    from companion.training_run import TrainingRun
 
 __all__ = [
     "training_budget",
@@ -204,37 +203,33 @@ def _trained(
         return make().to(device)
 
     def fit(model) -> dict:
-        if run is None:
-            history = train_vae(
-                model=model,
-                train_images=train.images,
-                valid_images=valid.images,
-                config=budget,
-            )
-        else:
-            from companion.sharded_training import train_vae_sharded
-
-            history = train_vae_sharded(
-                model=model,
-                train_images=train.images,
-                valid_images=valid.images,
-                config=budget,
-                run=run,
-                checkpoint=run.checkpointing(checkpoint_path(key, name=name)),
-            )
+        history = train_vae(
+            model=model,
+            train_images=train.images,
+            valid_images=valid.images,
+            config=budget,
+            run=run,
+            checkpoint=_checkpointing(run, key=key, name=name),
+        )
         return dataclasses.asdict(history)
 
-    if run is None:
-        model, record = cached_training(key=key, build=build, train=fit, name=name)
-    else:
-        model, record = _cached_run(run, key=key, build=build, train=fit, name=name)
+    model, record = _cached(run, key=key, build=build, train=fit, name=name)
     return model, History(**record)
 
 
-def _cached_run(run: TrainingRun, *, key: dict, build, train, name: str):
-    """:func:`~companion.cache.cached_training` for a run of several processes: every
-    rank trains (or finds the cached model), rank 0 alone writes the model and then
-    deletes the run's checkpoint, and no rank goes on before the file is in place."""
+def _checkpointing(run: TrainingRun | None, *, key: dict, name: str):
+    """Where and how often ``run`` saves its resumable checkpoint of the model under
+    ``key`` (None: the chapters' runs keep none)."""
+    return None if run is None else run.checkpointing(checkpoint_path(key, name=name))
+
+
+def _cached(run: TrainingRun | None, *, key: dict, build, train, name: str):
+    """:func:`~companion.cache.cached_training` in this process (``run`` None), or for
+    a command-line run: every rank trains (or finds the cached model), rank 0 alone
+    writes the model and then deletes the run's checkpoint, and no rank goes on before
+    the file is in place."""
+    if run is None:
+        return cached_training(key=key, build=build, train=train, name=name)
     out = cached_training(
         key=key,
         build=build,
@@ -244,7 +239,7 @@ def _cached_run(run: TrainingRun, *, key: dict, build, train, name: str):
         provenance={
             "processes": run.world.size,
             "precision": run.precision,
-            "trainer": "companion.sharded_training",
+            "trainer": "companion.training_run",
         },
     )
     if run.world.is_main:
@@ -319,7 +314,6 @@ def chapter7_ddpm(
     Trained once and cached on disk (:mod:`companion.cache`), so chapter 8 reuses it
     (``run``: see the module docstring).
     """
-    from companion.cache import cached_model
     from companion.diffusion import DDPM, make_schedule, train_ddpm
     from companion.diffusion.images import load_diffusion_images
     from companion.models.unet import UNet
@@ -339,22 +333,15 @@ def chapter7_ddpm(
             name=s.data, split="train", image_size=s.image_size
         ).images
         config = diffusion_train_config(profile, steps=s.train_steps)
-        if run is None:
-            train_ddpm(model, images=images, config=config)
-        else:
-            from companion.sharded_training import train_ddpm_sharded
+        train_ddpm(
+            model,
+            images=images,
+            config=config,
+            run=run,
+            checkpoint=_checkpointing(run, key=key, name="ddpm"),
+        )
 
-            train_ddpm_sharded(
-                model,
-                images=images,
-                config=config,
-                run=run,
-                checkpoint=run.checkpointing(checkpoint_path(key, name="ddpm")),
-            )
-
-    if run is not None:
-        return _cached_run(run, key=key, build=build, train=train, name="ddpm")[0]
-    return cached_model(key=key, build=build, train=train, name="ddpm")
+    return _cached(run, key=key, build=build, train=train, name="ddpm")[0]
 
 
 def chapter8_dae(
@@ -373,7 +360,6 @@ def chapter8_dae(
     specialises it: at 16×16, 300 steps from scratch left visible noise in its outputs).
     ``run``: see the module docstring.
     """
-    from companion.cache import cached_model
     from companion.diffusion import DenoisingAutoencoder, make_schedule, train_dae
     from companion.diffusion.images import load_diffusion_images
     from companion.models.unet import UNet
@@ -395,18 +381,13 @@ def chapter8_dae(
             name=s.data, split="train", image_size=s.image_size
         ).images
         config = diffusion_train_config(profile, steps=s.dae_steps, seed_offset=1)
-        if run is None:
-            train_dae(model, images=images, config=config)
-        else:
-            from companion.sharded_training import train_dae_sharded
-
-            train_dae_sharded(
-                model,
-                images=images,
-                config=config,
-                run=run,
-                checkpoint=run.checkpointing(checkpoint_path(key, name=name)),
-            )
+        train_dae(
+            model,
+            images=images,
+            config=config,
+            run=run,
+            checkpoint=_checkpointing(run, key=key, name=name),
+        )
 
     key = _diffusion_key(
         profile,
@@ -419,9 +400,7 @@ def chapter8_dae(
         **({"ddpm_steps": s.train_steps} if s.dae_init == "ddpm" else {}),
     )
     name = f"dae-{beta_1:g}"
-    if run is not None:
-        return _cached_run(run, key=key, build=build, train=train, name=name)[0]
-    return cached_model(key=key, build=build, train=train, name=name)
+    return _cached(run, key=key, build=build, train=train, name=name)[0]
 
 
 def chapter8_generator(
@@ -443,7 +422,6 @@ def chapter8_generator(
         ValueError: β_1 not among ``profile.diffusion.beta_1s``
             (it needs that β_1's autoencoder).
     """
-    from companion.cache import cached_model
     from companion.diffusion import DDPM, make_schedule, split_step, train_ddpm
     from companion.diffusion.images import load_diffusion_images
     from companion.models.unet import UNet
@@ -469,19 +447,14 @@ def chapter8_generator(
             name=s.data, split="train", image_size=s.image_size
         ).images
         config = diffusion_train_config(profile, steps=s.generator_steps, seed_offset=2)
-        if run is None:
-            train_ddpm(model, images=images, config=config, t_min=k + 1)
-        else:
-            from companion.sharded_training import train_ddpm_sharded
-
-            train_ddpm_sharded(
-                model,
-                images=images,
-                config=config,
-                run=run,
-                t_min=k + 1,
-                checkpoint=run.checkpointing(checkpoint_path(key, name=name)),
-            )
+        train_ddpm(
+            model,
+            images=images,
+            config=config,
+            t_min=k + 1,
+            run=run,
+            checkpoint=_checkpointing(run, key=key, name=name),
+        )
 
     start = {"init": s.generator_init} | (
         {"ddpm_steps": s.train_steps} if s.generator_init == "ddpm" else {}
@@ -496,9 +469,7 @@ def chapter8_generator(
         **start,
     )
     name = f"generator-{beta_1:g}"
-    if run is not None:
-        return _cached_run(run, key=key, build=build, train=train, name=name)[0]
-    return cached_model(key=key, build=build, train=train, name=name)
+    return _cached(run, key=key, build=build, train=train, name=name)[0]
 
 
 def feature_classifier(profile: Profile, *, device: torch.device) -> FeatureClassifier:

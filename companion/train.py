@@ -1,4 +1,5 @@
-"""Training with early stopping, and checkpoints as safetensors ``state_dict`` files.
+"""VAE training with early stopping (on one process or several, resumable:
+:mod:`companion.training_run`), and checkpoints as safetensors ``state_dict`` files.
 
 Checkpoints hold tensors only (no pickled objects), so loading one never runs code.
 """
@@ -6,6 +7,7 @@ Checkpoints hold tensors only (no pickled objects), so loading one never runs co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -13,9 +15,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -23,6 +26,19 @@ from torch import nn
 from companion.data import binarize, check_images
 from companion.objectives import LatentVariableModel, elbo
 from companion.progress import progress_bar
+from companion.rng import randn
+from companion.training_run import (
+    TrainingRun,
+    check_global_batch,
+    rng_states,
+    set_rng_states,
+    wrap_objective,
+)
+from companion.training_state import (
+    Checkpointing,
+    load_training_state,
+    save_training_state,
+)
 
 __all__ = [
     "TrainConfig",
@@ -154,15 +170,45 @@ def evaluate_elbo(
     return torch.cat(out)
 
 
+def _posterior_noise(model: Any, batch: int, like: torch.Tensor) -> list:
+    """The reparameterisation noise of one ELBO sample for a whole global batch, drawn
+    from the global generator exactly as the model's ``rsample`` draws it: one
+    (1, B, d_l) tensor per latent group, top first (hierarchical VAEs, ``z_dims``), or
+    one (1, B, z_dim) tensor. Only several processes need it (each takes its rows); one
+    process lets the posterior draw, which accepts any model :func:`elbo` does."""
+    if hasattr(model, "z_dims"):
+        return [
+            randn((1, batch, d), dtype=like.dtype, device=like.device)
+            for d in model.z_dims
+        ]
+    shape = (1, batch, model.z_dim)
+    return [torch.empty(shape, dtype=like.dtype, device=like.device).normal_()]
+
+
+def _elbo_terms(model: Any, x: torch.Tensor, *noise: torch.Tensor):
+    """The ELBO of images x at the reparameterised sample made of ``noise`` (none: the
+    posterior's own ``rsample``)."""
+    if not noise:
+        return elbo(model=_latent_model(model), x=x)
+    q = model.encode(x)
+    if hasattr(q, "feats"):  # a hierarchical posterior draws group by group
+        z = q.rsample((1,), noise=list(noise))
+    else:  # what Normal.rsample computes: loc + eps · scale
+        z = q.base_dist.loc + noise[0] * q.base_dist.scale
+    return elbo(model=model, x=x, posterior=q, z=z)
+
+
 def train_vae(
     *,
     model: nn.Module,
     train_images: torch.Tensor,
     valid_images: torch.Tensor,
     config: TrainConfig,
+    run: TrainingRun | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> History:
-    """Fit a VAE by maximising the (β-)ELBO with Adam,
-    with early stopping on validation.
+    """Fit a VAE by maximising the (β-)ELBO with Adam, with early stopping on
+    validation; on one process or several, resumable.
 
     The loss of a batch is −mean ln p(x|z) + β_t Σ_l max(mean KL_l, free_bits), with β_t
     the warmed-up KL weight; validation uses the plain (β-)ELBO. Early stopping only
@@ -170,14 +216,38 @@ def train_vae(
 
     Args:
         model: a single-layer or hierarchical VAE (``encode``, ``decode``,
-            ``kl_groups``), on the device training should run on.
-        train_images: (N, 1, H, W) in [0, 1], on any device.
+            ``kl_groups``), on the device training should run on; under several
+            processes, built identically on every rank.
+        train_images: (N, 1, H, W) in [0, 1], on any device (under several
+            processes, the whole training set on every rank).
         valid_images: (M, 1, H, W) in [0, 1].
-        config: :class:`TrainConfig`.
+        config: :class:`TrainConfig`; ``batch_size`` is the global batch, divided
+            among the processes.
+        run: processes and precision (:class:`~companion.training_run.TrainingRun`;
+            None: one process, float32).
+        checkpoint: where and how often to save; None: no checkpoints, no resuming.
 
     Returns:
-        The :class:`History`; ``model`` holds the weights of the best validation epoch.
+        The :class:`History` of the whole run (resumed runs included); ``model`` holds
+        the weights of the best validation epoch.
+
+    Raises:
+        ValueError: the global batch does not divide into the processes, the last
+            batch of an epoch has fewer images than there are processes, or free bits
+            with several processes (the per-group clamp acts on the global batch's mean
+            KL, which no rank sees).
     """
+    run = run or TrainingRun()
+    world = run.world
+    check_global_batch(config.batch_size, world)
+    if world.distributed and config.free_bits > 0:
+        raise ValueError("free bits train in one process only (free_bits > 0)")
+    tail = len(train_images) % config.batch_size
+    if 0 < tail < world.size:
+        raise ValueError(
+            f"the last batch of every epoch holds {tail} of the {len(train_images)} "
+            f"images, fewer than the {world.size} processes; run fewer processes"
+        )
     shape = tuple(getattr(model, "image_shape", train_images.shape[1:]))
     check_images(train_images, shape=shape)
     check_images(valid_images, shape=shape)
@@ -190,13 +260,40 @@ def train_vae(
     train_images = train_images.to(device)
 
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scaler = run.scaler()
+    objective = wrap_objective(model, _elbo_terms, world)
     history = History()
-    best_state, best_loss, waited = None, math.inf, 0
+    best_state: dict | None = None
+    best_loss, waited, first_epoch, step, seconds_before = math.inf, 0, 0, 0, 0.0
+    saved = load_training_state(checkpoint.path) if checkpoint and run.resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        history = History(**saved["history"])
+        best_state, best_loss, waited = (
+            saved["best_state"],
+            saved["best_loss"],
+            saved["waited"],
+        )
+        first_epoch, step, seconds_before = (
+            saved["epoch"],
+            saved["step"],
+            history.seconds,
+        )
+        gen.set_state(saved["data_generator"])
+        set_rng_states(saved["rng"], device)
+        if checkpoint is not None:
+            checkpoint.resumed(step)
     start = time.perf_counter()
-    bar = progress_bar(range(config.epochs), desc="training", enabled=config.progress)
+    bar = progress_bar(
+        range(first_epoch, config.epochs),
+        desc="training",
+        enabled=config.progress if world.is_main else False,
+    )
     steps_per_epoch = -(-len(train_images) // config.batch_size)
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
-    step = 0
     for epoch in bar:
         model.train()
         order = torch.randperm(len(train_images), generator=gen).to(device)
@@ -207,7 +304,13 @@ def train_vae(
             x = train_images[order[i : i + config.batch_size]]
             if config.binarize:
                 x = torch.bernoulli(x)
-            terms = elbo(model=_latent_model(model), x=x)
+            noise = _posterior_noise(model, len(x), x) if world.distributed else []
+            part = world.part(len(x))
+            # the share of the global batch's mean this rank's mean stands for, times
+            # K (DDP averages over ranks); exactly 1 in one process
+            share = (part.stop - part.start) * world.size / len(x)
+            with run.autocast():
+                terms = objective(x[part], *(n[:, part] for n in noise))
             # (L,) batch-averaged KL per group
             kl = torch.stack(terms.kl_groups).mean(1)
             kl_penalty = (
@@ -221,14 +324,19 @@ def train_vae(
                 else config.beta
             )
             loss = -terms.log_likelihood.mean() + weight * kl_penalty
-            # one sync per step: cheap next to the step itself
+            if share != 1:
+                loss = loss * share
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {epoch}; lower the "
                     "learning rate"
                 )
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is None:
+                loss.backward()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimiser)
             if config.skip_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), max_norm=math.inf
@@ -236,10 +344,24 @@ def train_vae(
                 if not norm <= config.skip_grad_norm:  # also skips a non-finite norm
                     history.skipped_steps += 1
                     step += 1
+                    if scaler is not None:
+                        scaler.update()
                     continue
-            optimiser.step()
+            if scaler is None:
+                optimiser.step()
+            else:
+                scaler.step(optimiser)
+                scaler.update()
             step += 1
-            total += (-terms.log_likelihood.mean() + config.beta * kl.sum()).detach()
+            batch_loss = (
+                -terms.log_likelihood.mean() + config.beta * kl.sum()
+            ).detach()
+            if world.distributed:  # this rank's part of the global batch's means
+                batch_loss, kl = (
+                    batch_loss * share / world.size,
+                    kl * share / world.size,
+                )
+            total += batch_loss
             kl_total = kl.detach() if kl_total is None else kl_total + kl.detach()
             n_batches += 1
         if kl_total is None:  # n_batches == 0
@@ -248,6 +370,10 @@ def train_vae(
                 f"{config.skip_grad_norm}); raise skip_grad_norm or lower the "
                 "learning rate"
             )
+        if world.distributed:
+            sums = torch.cat([total.reshape(1), kl_total])
+            dist.all_reduce(sums)
+            total, kl_total = sums[0], sums[1:]
         history.train_loss.append(float(total) / n_batches)
         history.kl_groups.append((kl_total / n_batches).tolist())
         history.valid_loss.append(
@@ -261,26 +387,54 @@ def train_vae(
                 f"validation loss became {history.valid_loss[-1]} at epoch {epoch}; "
                 "lower the learning rate"
             )
-        if epoch < config.kl_warmup_epochs:
-            # the objective is still changing: neither keep nor count these epochs
-            continue
-        if history.valid_loss[-1] < best_loss:
-            best_loss, best_state, waited = (
-                history.valid_loss[-1],
-                copy.deepcopy(model.state_dict()),
-                0,
-            )
-            history.best_epoch = epoch
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
+        stop = False
+        if epoch >= config.kl_warmup_epochs:
+            # (earlier epochs: the objective is still changing, neither kept nor
+            # counted)
+            if history.valid_loss[-1] < best_loss:
+                best_loss, best_state, waited = (
+                    history.valid_loss[-1],
+                    copy.deepcopy(model.state_dict()),
+                    0,
+                )
+                history.best_epoch = epoch
+            else:
+                waited += 1
+                stop = waited >= config.patience
+        if stop:
+            break
+        if (
+            checkpoint is not None
+            and epoch + 1 < config.epochs
+            and world.agree(checkpoint.due(step))
+        ):
+            if world.is_main:
+                history.seconds = seconds_before + time.perf_counter() - start
+                save_training_state(
+                    checkpoint.path,
+                    {
+                        "kind": "vae",
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "model": model.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "history": dataclasses.asdict(history),
+                        "best_state": best_state,
+                        "best_loss": best_loss,
+                        "waited": waited,
+                        "data_generator": gen.get_state(),
+                        "rng": rng_states(device),
+                    },
+                )
+            world.barrier()
+            checkpoint.saved(step)
     # kl_warmup_epochs < epochs, and an epoch with a non-finite loss raises: at least
     # one epoch after the warm-up was kept
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    history.seconds = time.perf_counter() - start
+    history.seconds = seconds_before + time.perf_counter() - start
     return history
 
 

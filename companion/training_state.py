@@ -9,7 +9,8 @@ as ``{"__tensor__": path}``. Loading never runs code (no pickle), and the file i
 written to a temporary name and renamed, so a run killed while writing leaves the
 previous checkpoint whole.
 
-:class:`Checkpointing` says how often; :mod:`companion.sharded_training` decides what
+:class:`Checkpointing` says how often; the training loops
+(:func:`companion.train.train_vae`, :func:`companion.diffusion.ddpm.fit`) decide what
 goes in.
 """
 

@@ -1,4 +1,4 @@
-"""What each of two gloo processes runs in tests/test_sharded_training.py and
+"""What each of two gloo processes runs in tests/test_training_run.py and
 tests/test_sharded_defence.py: tiny trainings, a sharded defence and the command line,
 with rank 0 saving what the tests compare with one process."""
 
@@ -20,17 +20,14 @@ from companion.diffusion import (
     DiffusionTrainConfig,
     make_schedule,
 )
+from companion.diffusion.ddpm import train_ddpm
 from companion.models import ConvVAE, HierarchicalVAE, HVAEConfig, VAEConfig
 from companion.models.unet import UNet, UNetConfig
 from companion.parallel import close_world, init_world
 from companion.sharded_defence import DefendSettings, defend_references
 from companion.sharded_fid import draw_samples
-from companion.sharded_training import (
-    TrainingRun,
-    train_ddpm_sharded,
-    train_vae_sharded,
-)
-from companion.train import TrainConfig
+from companion.train import TrainConfig, train_vae
+from companion.training_run import TrainingRun
 
 WORLD_SIZE = 2
 VAE = VAEConfig(image_size=8, z_dim=4, channels=(8,))
@@ -126,14 +123,14 @@ def rank_main(rank: int, out: str, port: int) -> None:
     train, valid = images()
     nets = models()
     for name in ("vae", "hvae"):
-        train_vae_sharded(
+        train_vae(
             model=nets[name],
             train_images=train,
             valid_images=valid,
             config=VAE_BUDGET,
             run=run,
         )
-    train_ddpm_sharded(nets["ddpm"], images=train, config=DIFFUSION_BUDGET, run=run)
+    train_ddpm(nets["ddpm"], images=train, config=DIFFUSION_BUDGET, run=run)
     defended = defend_references(
         nets["vae"], x_ref=valid[:20], settings=DEFENCE, world=world
     )

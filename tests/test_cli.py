@@ -18,7 +18,7 @@ from companion.data import load_images
 from companion.parallel import World
 from companion.profiles import QUICK, smoke_profile
 from distributed_ranks import CLI_ARGS
-from test_sharded_training import two_ranks  # noqa: F401 (the two-process fixture)
+from test_training_run import two_ranks  # noqa: F401 (the two-process fixture)
 
 SMOKE = smoke_profile(QUICK)
 

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from companion.sharded_defence import defend_references, save_defence
 from distributed_ranks import DEFENCE, images, models
-from test_sharded_training import two_ranks  # noqa: F401 (the two-process fixture)
+from test_training_run import two_ranks  # noqa: F401 (the two-process fixture)
 
 
 def test_two_ranks_defend_every_reference_as_one_process_does(two_ranks) -> None:  # noqa: F811

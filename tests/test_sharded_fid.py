@@ -11,7 +11,7 @@ from safetensors import safe_open
 from companion.sample_quality import FeatureClassifier
 from companion.sharded_fid import draw_samples, save_samples, score_samples
 from distributed_ranks import SAMPLING, dae, images, models
-from test_sharded_training import two_ranks  # noqa: F401 (the two-process fixture)
+from test_training_run import two_ranks  # noqa: F401 (the two-process fixture)
 
 
 def test_two_ranks_draw_one_processes_samples(two_ranks) -> None:  # noqa: F811

@@ -1,6 +1,8 @@
-"""Tests for companion.sharded_training: one process trains exactly as the chapters'
-loops do, two gloo processes with batch b train to one process's weights with batch
-2b, and a run stopped after a checkpoint resumes to the uninterrupted run's weights."""
+"""Tests for companion.training_run, through the loops that take a run
+(:func:`companion.train.train_vae`, :func:`companion.diffusion.ddpm.fit`): two gloo
+processes with batch b train to one process's weights with batch 2b, a run stopped
+after a checkpoint resumes to the uninterrupted run's weights, and what cannot be shared
+out is refused with what to do."""
 
 from __future__ import annotations
 
@@ -10,17 +12,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from companion.diffusion import DenoisingAutoencoder, make_schedule, train_dae
 from companion.diffusion.ddpm import train_ddpm
-from companion.models.unet import UNet
 from companion.parallel import World
-from companion.sharded_training import (
-    TrainingRun,
-    train_dae_sharded,
-    train_ddpm_sharded,
-    train_vae_sharded,
-)
 from companion.train import train_vae
+from companion.training_run import TrainingRun
 from companion.training_state import Checkpointing
 from distributed_ranks import (
     DIFFUSION_BUDGET,
@@ -43,45 +38,6 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory):
     """Rank 0's results of distributed_ranks.rank_main on two gloo processes (run once
     per session)."""
     return two_rank_results(tmp_path_factory.getbasetemp())
-
-
-@pytest.mark.parametrize("name", ["vae", "hvae"])
-def test_one_process_trains_a_vae_as_train_vae_does_bit_for_bit(name: str) -> None:
-    train, valid = images()
-    old = models()[name]
-    new = copy.deepcopy(old)
-    expected = train_vae(
-        model=old, train_images=train, valid_images=valid, config=VAE_BUDGET
-    )
-    history = train_vae_sharded(
-        model=new,
-        train_images=train,
-        valid_images=valid,
-        config=VAE_BUDGET,
-        run=TrainingRun(),
-    )
-    _assert_same(old, new)
-    assert history.train_loss == expected.train_loss
-    assert history.valid_loss == expected.valid_loss
-
-
-def test_one_process_trains_diffusion_models_as_their_loops_do_bit_for_bit() -> None:
-    train, _ = images()
-    old = models()["ddpm"]
-    new = copy.deepcopy(old)
-    expected = train_ddpm(old, images=train, config=DIFFUSION_BUDGET, t_min=3)
-    history = train_ddpm_sharded(
-        new, images=train, config=DIFFUSION_BUDGET, run=TrainingRun(), t_min=3
-    )
-    _assert_same(old, new)
-    assert history.loss == expected.loss
-    dae = DenoisingAutoencoder(
-        UNet(old.net.config), make_schedule("linear", 30), beta_1=0.1
-    )
-    twin = copy.deepcopy(dae)
-    train_dae(dae, images=train, config=DIFFUSION_BUDGET)
-    train_dae_sharded(twin, images=train, config=DIFFUSION_BUDGET, run=TrainingRun())
-    _assert_same(dae, twin)
 
 
 @pytest.mark.parametrize("name", ["vae", "hvae", "ddpm"])
@@ -127,7 +83,7 @@ def test_a_vae_run_stopped_after_a_checkpoint_resumes_to_the_uninterrupted_weigh
         return Checkpointing(path=path, every_steps=1, after_save=after_save)
 
     with pytest.raises(_Stopped):
-        train_vae_sharded(
+        train_vae(
             model=stopped,
             train_images=train,
             valid_images=valid,
@@ -137,7 +93,7 @@ def test_a_vae_run_stopped_after_a_checkpoint_resumes_to_the_uninterrupted_weigh
         )
     assert path.is_file()
     torch.randn(100)  # a new process would start from another global RNG state
-    history = train_vae_sharded(
+    history = train_vae(
         model=resumed,  # a fresh model: everything comes from the checkpoint
         train_images=train,
         valid_images=valid,
@@ -158,14 +114,14 @@ def test_a_diffusion_run_stopped_after_a_checkpoint_resumes_to_the_same_weights(
     expected = train_ddpm(uninterrupted, images=train, config=DIFFUSION_BUDGET)
     path = tmp_path / "ddpm.safetensors"
     with pytest.raises(_Stopped):
-        train_ddpm_sharded(
+        train_ddpm(
             stopped,
             images=train,
             config=DIFFUSION_BUDGET,
             run=TrainingRun(),
             checkpoint=Checkpointing(path=path, every_steps=2, after_save=_stop),
         )
-    history = train_ddpm_sharded(
+    history = train_ddpm(
         resumed,
         images=train,
         config=DIFFUSION_BUDGET,
@@ -180,7 +136,7 @@ def test_batches_that_do_not_divide_among_the_processes_are_refused() -> None:
     train, valid = images()
     three = TrainingRun(world=World(rank=0, size=3))  # fails before any collective
     with pytest.raises(ValueError, match="64 does not divide into 3 processes"):
-        train_vae_sharded(
+        train_vae(
             model=models()["vae"],
             train_images=train,
             valid_images=valid,
@@ -188,12 +144,10 @@ def test_batches_that_do_not_divide_among_the_processes_are_refused() -> None:
             run=three,
         )
     with pytest.raises(ValueError, match="16 does not divide into 3 processes"):
-        train_ddpm_sharded(
-            models()["ddpm"], images=train, config=DIFFUSION_BUDGET, run=three
-        )
+        train_ddpm(models()["ddpm"], images=train, config=DIFFUSION_BUDGET, run=three)
     two = TrainingRun(world=World(rank=0, size=2))
     with pytest.raises(ValueError, match="holds 1 of the 65 images, fewer than the 2"):
-        train_vae_sharded(
+        train_vae(
             model=models()["vae"],
             train_images=train[:65],
             valid_images=valid,

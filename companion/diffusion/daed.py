@@ -26,6 +26,8 @@ from companion.diffusion.ddpm import (
     to_pixels,
 )
 from companion.diffusion.schedules import Schedule, q_sample, split_step
+from companion.training_run import TrainingRun
+from companion.training_state import Checkpointing
 
 __all__ = ["DenoisingAutoencoder", "train_dae", "daed_samples", "daed_sample"]
 
@@ -105,17 +107,28 @@ class DenoisingAutoencoder(nn.Module):
 
 
 def train_dae(
-    dae: DenoisingAutoencoder, *, images: torch.Tensor, config: DiffusionTrainConfig
+    dae: DenoisingAutoencoder,
+    *,
+    images: torch.Tensor,
+    config: DiffusionTrainConfig,
+    run: TrainingRun | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> DiffusionHistory:
-    """Train the denoising autoencoder on ``images`` (pixels in [0, 1]);
-    it ends with EMA weights."""
+    """Train the denoising autoencoder on ``images`` (pixels in [0, 1]); it ends with
+    EMA weights (``run``, ``checkpoint``: :func:`companion.diffusion.ddpm.fit`)."""
     check_images(images, shape=dae.image_shape)
     return fit(
         dae,
-        lambda m, x, g: m.loss(x, generator=g),
+        # the draw of q_sample(schedule, x, k, generator=g) inside DAE.loss
+        draw=lambda x, g: (
+            rng.randn(x.shape, generator=g, device=x.device, dtype=x.dtype),
+        ),
+        loss=lambda m, x, noise: m.loss(x, noise=noise),
         images=images,
         config=config,
         desc=f"training DAE (β₁ = {dae.beta_1})",
+        run=run,
+        checkpoint=checkpoint,
     )
 
 

@@ -15,17 +15,31 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from companion import rng
 from companion.data import check_images
 from companion.diffusion.schedules import Schedule, q_sample
+from companion.parallel import rank_seed
 from companion.progress import progress_bar
+from companion.training_run import (
+    TrainingRun,
+    check_global_batch,
+    rng_states,
+    set_rng_states,
+    wrap_objective,
+)
+from companion.training_state import (
+    Checkpointing,
+    load_training_state,
+    save_training_state,
+)
 
 __all__ = [
     "to_model_space",
@@ -362,15 +376,43 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def fit(
     model: nn.Module,
-    loss_fn,
     *,
+    draw: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, ...]],
+    loss: Callable[..., torch.Tensor],
     images: torch.Tensor,
     config: DiffusionTrainConfig,
     desc: str,
+    run: TrainingRun | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> DiffusionHistory:
     """The training loop DDPMs and DAEs share: AdamW, warm-up, EMA; ``model`` ends with
-    the EMA weights. ``loss_fn(model, x, generator)`` gives the loss of a batch x in
-    [−1, 1]."""
+    the EMA weights. On one process or several, resumable.
+
+    Args:
+        model: on the device training should run on; under several processes, built
+            identically on every rank.
+        draw: ``draw(x, generator)`` -> the random numbers of a batch x (B, ...) in
+            [−1, 1], each with the batch as its first axis, drawn as the model's own
+            loss draws them.
+        loss: ``loss(model, x, *draws)`` -> the mean loss of a batch.
+        images: (N, C, H, W) pixels in [0, 1].
+        config: ``batch_size`` is the global batch, divided among the processes.
+        desc: the progress bar's label.
+        run: processes and precision (:class:`~companion.training_run.TrainingRun`;
+            None: one process, float32).
+        checkpoint: where and how often to save; None: no checkpoints, no resuming.
+
+    Returns:
+        The loss of every step (global batch means) and the time, resumed runs
+        included.
+
+    Raises:
+        ValueError: the global batch does not divide into the processes, or a
+            checkpoint written by another number of processes.
+    """
+    run = run or TrainingRun()
+    world = run.world
+    check_global_batch(config.batch_size, world)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     dev_gen = (
@@ -388,24 +430,64 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: min(1.0, (s + 1) / warmup)
     )
+    scaler = run.scaler()
+    objective = wrap_objective(model, loss, world)
+    if world.rank > 0:  # dropout masks: this rank's own stream
+        torch.manual_seed(rank_seed(config.seed, world.rank))
     history = DiffusionHistory()
-    start = time.perf_counter()
     model.train()
     order, pos = torch.randperm(len(data), generator=gen), 0
-    losses = []
-    bar = progress_bar(range(config.steps), desc=desc, enabled=config.progress)
+    losses: list[torch.Tensor] = []
+    first_step, seconds_before = 0, 0.0
+    saved = load_training_state(checkpoint.path) if checkpoint and run.resume else None
+    if saved is not None:
+        if saved["world_size"] != world.size:
+            where = checkpoint.path if checkpoint else ""
+            raise ValueError(
+                f"the checkpoint {where} was written by {saved['world_size']} "
+                "processes; resume it with as many, or delete it to start over"
+            )
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimiser.load_state_dict(saved["optimiser"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        order, pos, first_step = saved["order"], saved["pos"], saved["step"]
+        losses = list(saved["losses"].to(device).unbind())
+        seconds_before = saved["seconds"]
+        gen.set_state(saved["data_generator"])
+        if dev_gen is not gen:
+            dev_gen.set_state(saved["draw_generator"])
+        set_rng_states(saved["rng"][world.rank], device)
+        if checkpoint is not None:
+            checkpoint.resumed(first_step)
+    start = time.perf_counter()
+    bar = progress_bar(
+        range(first_step, config.steps),
+        desc=desc,
+        enabled=config.progress if world.is_main else False,
+    )
     for step in bar:
         if pos + config.batch_size > len(order):
             order, pos = torch.randperm(len(data), generator=gen), 0
         x = data[order[pos : pos + config.batch_size].to(device)]
         pos += config.batch_size
-        loss = loss_fn(model, x, dev_gen)
+        draws = draw(x, dev_gen)
+        part = world.part(len(x))
+        with run.autocast():
+            value = objective(x[part], *(d[part] for d in draws))
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        if scaler is None:
+            value.backward()
+            optimiser.step()
+        else:
+            scaler.scale(value).backward()
+            scaler.step(optimiser)
+            scaler.update()
         scheduler.step()
         ema_update(ema, model, config.ema_decay)
-        losses.append(loss.detach())
+        losses.append(value.detach())
         if (step + 1) % 100 == 0 or step + 1 == config.steps:
             recent = torch.stack(losses[-100:]).mean().item()  # one sync per 100 steps
             if not math.isfinite(recent):
@@ -414,10 +496,43 @@ def fit(
                     "learning rate"
                 )
             bar.set_postfix(loss=f"{recent:.4f}")
-    history.loss = torch.stack(losses).tolist()
+        if (
+            checkpoint is not None
+            and step + 1 < config.steps
+            and world.agree(checkpoint.due(step + 1))
+        ):
+            rng = world.gather(rng_states(device))
+            if world.is_main:
+                save_training_state(
+                    checkpoint.path,
+                    {
+                        "kind": "diffusion",
+                        "world_size": world.size,
+                        "step": step + 1,
+                        "model": model.state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "order": order,
+                        "pos": pos,
+                        "losses": torch.stack(losses),
+                        "seconds": seconds_before + time.perf_counter() - start,
+                        "data_generator": gen.get_state(),
+                        "draw_generator": dev_gen.get_state(),
+                        "rng": rng,
+                    },
+                )
+            world.barrier()
+            checkpoint.saved(step + 1)
+    stacked = torch.stack(losses)
+    if world.distributed:  # every rank's mean over equal parts: the global mean
+        dist.all_reduce(stacked)
+        stacked = stacked / world.size
+    history.loss = stacked.tolist()
     model.load_state_dict(ema.state_dict())
     model.eval()
-    history.seconds = time.perf_counter() - start
+    history.seconds = seconds_before + time.perf_counter() - start
     return history
 
 
@@ -427,6 +542,8 @@ def train_ddpm(
     images: torch.Tensor,
     config: DiffusionTrainConfig,
     t_min: int = 1,
+    run: TrainingRun | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> DiffusionHistory:
     """Train a DDPM with L_simple on ``images`` (pixels in [0, 1]);
     it ends with EMA weights.
@@ -436,14 +553,18 @@ def train_ddpm(
         images: (N, C, H, W) pixels in [0, 1] of the model's image shape.
         config: :class:`DiffusionTrainConfig`.
         t_min: train on steps t_min..T only (DAED's generator: t_min = k + 1).
+        run, checkpoint: several processes, precision, checkpoints (:func:`fit`).
     """
     check_images(images, shape=ddpm.image_shape)
     if not 1 <= t_min <= ddpm.T:
         raise ValueError(f"t_min must lie in 1..T = {ddpm.T}, got {t_min}")
     return fit(
         ddpm,
-        lambda m, x, g: m.loss(x, t_min=t_min, generator=g),
+        draw=lambda x, g: loss_draws(x, t_min=t_min, T=ddpm.T, generator=g),
+        loss=lambda m, x, t, noise: m.loss(x, t=t, noise=noise),
         images=images,
         config=config,
         desc="training DDPM",
+        run=run,
+        checkpoint=checkpoint,
     )
