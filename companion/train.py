@@ -34,11 +34,7 @@ from companion.training_run import (
     set_rng_states,
     wrap_objective,
 )
-from companion.training_state import (
-    Checkpointing,
-    load_training_state,
-    save_training_state,
-)
+from companion.training_state import Checkpointing
 
 __all__ = [
     "TrainConfig",
@@ -265,11 +261,11 @@ def train_vae(
     history = History()
     best_state: dict | None = None
     best_loss, waited, first_epoch, step, seconds_before = math.inf, 0, 0, 0, 0.0
-    saved = load_training_state(checkpoint.path) if checkpoint and run.resume else None
+    saved = run.resumed_state(checkpoint)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
-        if scaler is not None and saved.get("scaler"):
+        if saved["scaler"]:
             scaler.load_state_dict(saved["scaler"])
         history = History(**saved["history"])
         best_state, best_loss, waited = (
@@ -284,8 +280,6 @@ def train_vae(
         )
         gen.set_state(saved["data_generator"])
         set_rng_states(saved["rng"], device)
-        if checkpoint is not None:
-            checkpoint.resumed(step)
     start = time.perf_counter()
     bar = progress_bar(
         range(first_epoch, config.epochs),
@@ -326,17 +320,15 @@ def train_vae(
             loss = -terms.log_likelihood.mean() + weight * kl_penalty
             if share != 1:
                 loss = loss * share
+            # one sync per step: cheap next to the step itself
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {epoch}; lower the "
                     "learning rate"
                 )
             optimiser.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-            else:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimiser)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimiser)  # the norm below is of the true gradients
             if config.skip_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), max_norm=math.inf
@@ -344,14 +336,10 @@ def train_vae(
                 if not norm <= config.skip_grad_norm:  # also skips a non-finite norm
                     history.skipped_steps += 1
                     step += 1
-                    if scaler is not None:
-                        scaler.update()
+                    scaler.update()
                     continue
-            if scaler is None:
-                optimiser.step()
-            else:
-                scaler.step(optimiser)
-                scaler.update()
+            scaler.step(optimiser)
+            scaler.update()
             step += 1
             batch_loss = (
                 -terms.log_likelihood.mean() + config.beta * kl.sum()
@@ -387,7 +375,6 @@ def train_vae(
                 f"validation loss became {history.valid_loss[-1]} at epoch {epoch}; "
                 "lower the learning rate"
             )
-        stop = False
         if epoch >= config.kl_warmup_epochs:
             # (earlier epochs: the objective is still changing, neither kept nor
             # counted)
@@ -400,35 +387,31 @@ def train_vae(
                 history.best_epoch = epoch
             else:
                 waited += 1
-                stop = waited >= config.patience
-        if stop:
-            break
+                if waited >= config.patience:
+                    break
         if (
             checkpoint is not None
             and epoch + 1 < config.epochs
-            and world.agree(checkpoint.due(step))
+            and run.save_due(checkpoint, step=step)
         ):
-            if world.is_main:
-                history.seconds = seconds_before + time.perf_counter() - start
-                save_training_state(
-                    checkpoint.path,
-                    {
-                        "kind": "vae",
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "model": model.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "history": dataclasses.asdict(history),
-                        "best_state": best_state,
-                        "best_loss": best_loss,
-                        "waited": waited,
-                        "data_generator": gen.get_state(),
-                        "rng": rng_states(device),
-                    },
-                )
-            world.barrier()
-            checkpoint.saved(step)
+            history.seconds = seconds_before + time.perf_counter() - start
+            run.save(
+                checkpoint,
+                {
+                    "kind": "vae",
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "history": dataclasses.asdict(history),
+                    "best_state": best_state,
+                    "best_loss": best_loss,
+                    "waited": waited,
+                    "data_generator": gen.get_state(),
+                    "rng": rng_states(device),
+                },
+            )
     # kl_warmup_epochs < epochs, and an epoch with a non-finite loss raises: at least
     # one epoch after the warm-up was kept
     assert best_state is not None

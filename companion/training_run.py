@@ -48,12 +48,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from companion.parallel import World
-from companion.training_state import Checkpointing
+from companion.training_state import (
+    Checkpointing,
+    load_training_state,
+    save_training_state,
+)
 
 __all__ = [
     "PRECISIONS",
     "TrainingRun",
-    "Objective",
     "wrap_objective",
     "check_global_batch",
     "rng_states",
@@ -113,12 +116,49 @@ class TrainingRun:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.world.device.type, dtype=dtype)
 
-    def scaler(self) -> torch.amp.GradScaler | None:
-        """fp16's gradient scaler (None otherwise)."""
-        return torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+    def scaler(self) -> torch.amp.GradScaler:
+        """The gradient scaler: fp16's, or a disabled one that passes the loss and the
+        optimizer step through unchanged (bf16, fp32), so the loops have one path."""
+        return torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+
+    def resumed_state(self, checkpoint: Checkpointing | None) -> dict[str, Any] | None:
+        """The state a loop resumes from: the checkpoint's, where resuming is on and
+        one exists (the checkpoint's next save then falls due counting from its
+        ``step``); None otherwise.
+
+        Raises:
+            ValueError: the state records another number of processes
+                (``world_size``: the diffusion loop's per-rank generator states).
+        """
+        if checkpoint is None or not self.resume:
+            return None
+        saved = load_training_state(checkpoint.path)
+        if saved is None:
+            return None
+        written_by = saved.get("world_size", self.world.size)
+        if written_by != self.world.size:
+            raise ValueError(
+                f"the checkpoint {checkpoint.path} was written by {written_by} "
+                "processes; resume it with as many, or delete it to start over"
+            )
+        checkpoint.resumed(saved["step"])
+        return saved
+
+    def save_due(self, checkpoint: Checkpointing, *, step: int) -> bool:
+        """Whether a save is due at optimizer step ``step``: the same answer on every
+        rank (due on any rank, due on all)."""
+        return self.world.agree(checkpoint.due(step))
+
+    def save(self, checkpoint: Checkpointing, state: dict[str, Any]) -> None:
+        """Rank 0 writes ``state`` (built on every rank, which may gather across
+        ranks), and no rank goes on before the file is in place."""
+        if self.world.is_main:
+            save_training_state(checkpoint.path, state)
+        self.world.barrier()
+        checkpoint.saved(state["step"])
 
 
-class Objective(nn.Module):
+class _Objective(nn.Module):
     """``model`` with a loss as its forward pass, which is what
     DistributedDataParallel needs to synchronise the gradients of ``encode`` /
     ``decode`` / ``loss`` calls."""
@@ -137,7 +177,7 @@ def wrap_objective(
 ) -> nn.Module:
     """``compute(model, *args)`` as a module's forward pass, in DistributedDataParallel
     when ``world`` has several processes."""
-    objective = Objective(model, compute)
+    objective = _Objective(model, compute)
     if not world.distributed:
         return objective
     return DistributedDataParallel(

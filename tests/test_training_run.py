@@ -161,3 +161,25 @@ def test_mixed_precision_is_refused_on_a_cpu() -> None:
         TrainingRun(precision="bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainingRun(precision="fp8")
+
+
+def test_a_checkpoint_resumes_only_where_resuming_is_on_and_with_its_process_count(
+    tmp_path,
+) -> None:
+    from companion.training_state import save_training_state
+
+    path = tmp_path / "ddpm.safetensors"
+    one = TrainingRun()
+    assert one.resumed_state(Checkpointing(path=path)) is None  # nothing saved yet
+    save_training_state(path, {"kind": "diffusion", "world_size": 1, "step": 4})
+    assert TrainingRun(resume=False).resumed_state(Checkpointing(path=path)) is None
+    checkpoint = Checkpointing(path=path, every_steps=3, every_minutes=None)
+    assert one.resumed_state(checkpoint) == {
+        "kind": "diffusion",
+        "world_size": 1,
+        "step": 4,
+    }
+    assert not checkpoint.due(6) and checkpoint.due(7)  # counted from step 4
+    two = TrainingRun(world=World(rank=0, size=2))
+    with pytest.raises(ValueError, match="written by 1 processes; resume it with as"):
+        two.resumed_state(Checkpointing(path=path))

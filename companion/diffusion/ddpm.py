@@ -35,11 +35,7 @@ from companion.training_run import (
     set_rng_states,
     wrap_objective,
 )
-from companion.training_state import (
-    Checkpointing,
-    load_training_state,
-    save_training_state,
-)
+from companion.training_state import Checkpointing
 
 __all__ = [
     "to_model_space",
@@ -439,19 +435,13 @@ def fit(
     order, pos = torch.randperm(len(data), generator=gen), 0
     losses: list[torch.Tensor] = []
     first_step, seconds_before = 0, 0.0
-    saved = load_training_state(checkpoint.path) if checkpoint and run.resume else None
+    saved = run.resumed_state(checkpoint)
     if saved is not None:
-        if saved["world_size"] != world.size:
-            where = checkpoint.path if checkpoint else ""
-            raise ValueError(
-                f"the checkpoint {where} was written by {saved['world_size']} "
-                "processes; resume it with as many, or delete it to start over"
-            )
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         optimiser.load_state_dict(saved["optimiser"])
         scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler"):
+        if saved["scaler"]:
             scaler.load_state_dict(saved["scaler"])
         order, pos, first_step = saved["order"], saved["pos"], saved["step"]
         losses = list(saved["losses"].to(device).unbind())
@@ -460,8 +450,6 @@ def fit(
         if dev_gen is not gen:
             dev_gen.set_state(saved["draw_generator"])
         set_rng_states(saved["rng"][world.rank], device)
-        if checkpoint is not None:
-            checkpoint.resumed(first_step)
     start = time.perf_counter()
     bar = progress_bar(
         range(first_step, config.steps),
@@ -478,13 +466,9 @@ def fit(
         with run.autocast():
             value = objective(x[part], *(d[part] for d in draws))
         optimiser.zero_grad(set_to_none=True)
-        if scaler is None:
-            value.backward()
-            optimiser.step()
-        else:
-            scaler.scale(value).backward()
-            scaler.step(optimiser)
-            scaler.update()
+        scaler.scale(value).backward()
+        scaler.step(optimiser)
+        scaler.update()
         scheduler.step()
         ema_update(ema, model, config.ema_decay)
         losses.append(value.detach())
@@ -499,32 +483,28 @@ def fit(
         if (
             checkpoint is not None
             and step + 1 < config.steps
-            and world.agree(checkpoint.due(step + 1))
+            and run.save_due(checkpoint, step=step + 1)
         ):
-            rng = world.gather(rng_states(device))
-            if world.is_main:
-                save_training_state(
-                    checkpoint.path,
-                    {
-                        "kind": "diffusion",
-                        "world_size": world.size,
-                        "step": step + 1,
-                        "model": model.state_dict(),
-                        "ema": ema.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "order": order,
-                        "pos": pos,
-                        "losses": torch.stack(losses),
-                        "seconds": seconds_before + time.perf_counter() - start,
-                        "data_generator": gen.get_state(),
-                        "draw_generator": dev_gen.get_state(),
-                        "rng": rng,
-                    },
-                )
-            world.barrier()
-            checkpoint.saved(step + 1)
+            run.save(
+                checkpoint,
+                {
+                    "kind": "diffusion",
+                    "world_size": world.size,
+                    "step": step + 1,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "order": order,
+                    "pos": pos,
+                    "losses": torch.stack(losses),
+                    "seconds": seconds_before + time.perf_counter() - start,
+                    "data_generator": gen.get_state(),
+                    "draw_generator": dev_gen.get_state(),
+                    "rng": world.gather(rng_states(device)),  # every rank's own
+                },
+            )
     stacked = torch.stack(losses)
     if world.distributed:  # every rank's mean over equal parts: the global mean
         dist.all_reduce(stacked)
