@@ -61,9 +61,9 @@ import os
 import statistics
 from collections.abc import Callable
 
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
+from timing import ONE_THREAD
+
+os.environ.setdefault("XLA_FLAGS", ONE_THREAD["XLA_FLAGS"])  # before JAX starts
 import blackjax  # noqa: E402
 import jax  # noqa: E402 (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402

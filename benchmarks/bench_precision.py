@@ -117,9 +117,9 @@ def measure() -> dict:
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
-def cpu_flags() -> str:
-    """The CPU's bf16-relevant flags, as Linux lists them (empty elsewhere)."""
-    cpuinfo = Path("/proc/cpuinfo")
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's bf16-relevant flags, as Linux lists them in ``cpuinfo`` ("unknown"
+    where there is no such file)."""
     if not cpuinfo.exists():
         return "unknown"
     flags = next(

@@ -34,5 +34,12 @@ def test_the_forward_pass_changes_by_a_small_nonzero_fraction() -> None:
     assert math.isfinite(change) and 1e-4 < change < 0.1
 
 
-def test_the_cpu_flags_are_named() -> None:
-    assert bench_precision.cpu_flags()
+def test_the_cpu_flags_name_what_the_cpu_lists_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 sse4_2 amx_bf16\n")
+    assert bench_precision.cpu_flags(cpuinfo) == "amx_bf16, avx2"
+    cpuinfo.write_text("flags\t\t: fpu sse4_2\n")
+    assert bench_precision.cpu_flags(cpuinfo).startswith("none of amx_bf16")
+    assert bench_precision.cpu_flags(tmp_path / "absent") == "unknown"
